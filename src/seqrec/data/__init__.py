@@ -1,0 +1,1 @@
+"""Reading, cleaning, id mapping, splitting and batching of interaction logs."""

@@ -1,0 +1,71 @@
+"""Training windows and typed batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from seqrec.data.sequences import Sequences
+
+
+class SequenceBatch(NamedTuple):
+    items: torch.Tensor  # (B, L) input item ids, left-padded with 0, most recent last
+    targets: torch.Tensor  # (B, L) next item at each position; 0 = no target there
+    lengths: torch.Tensor  # (B,) number of real input items
+
+
+def window_ends(seqs: Sequences, max_len: int, sliding: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row user, end offset) for each training window of max_len + 1 events.
+
+    Without ``sliding`` each user gives one window (their most recent events), as in SASRec;
+    with it, long sequences are cut into consecutive windows so every event is a target once.
+    """
+    lengths = seqs.lengths
+    users = np.flatnonzero(lengths >= 2)
+    if not sliding:
+        return users, seqs.offsets[users + 1]
+    n_win = np.maximum(1, -(-(lengths[users] - 1) // max_len))
+    rows = np.repeat(users, n_win)
+    first = np.repeat(np.cumsum(n_win) - n_win, n_win)
+    k = np.arange(int(n_win.sum())) - first  # window index counted from the end
+    ends = seqs.offsets[rows + 1] - k * max_len
+    return rows, ends
+
+
+def gather_windows(seqs: Sequences, users: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Left-padded (R, width) matrix of the events before ``ends`` of each user."""
+    starts = seqs.offsets[users]
+    col = np.arange(width)[None, :]
+    src = ends[:, None] - (width - col)
+    valid = src >= starts[:, None]
+    out = np.zeros((len(users), width), dtype=np.int64)
+    out[valid] = seqs.items[src[valid]]
+    return out
+
+
+class TrainBatches:
+    """Shuffled next-item training batches, rebuilt from a seed each epoch."""
+
+    def __init__(self, train: Sequences, max_len: int, batch_size: int, sliding: bool = True) -> None:
+        users, ends = window_ends(train, max_len, sliding)
+        self.windows = torch.from_numpy(gather_windows(train, users, ends, max_len + 1))  # (R, L + 1)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-self.windows.shape[0] // self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[SequenceBatch]:
+        order = torch.randperm(self.windows.shape[0], generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            w = self.windows[order[start : start + self.batch_size]]  # (B, L + 1)
+            items = w[:, :-1]
+            targets = torch.where(items > 0, w[:, 1:], 0)
+            yield SequenceBatch(items, targets, (items > 0).sum(1))
+
+
+def eval_inputs(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor:
+    """Left-padded (R, max_len) inputs for evaluation rows."""
+    return torch.from_numpy(history.padded(max_len, rows))

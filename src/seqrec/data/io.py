@@ -1,0 +1,176 @@
+"""Readers for interaction logs: CSV/TSV, Parquet, MovieLens, RecBole `.inter`, user-per-line.
+
+Every reader returns a DataFrame with string-or-int columns ``user``, ``item`` and,
+when present, ``time`` and ``rating``, in file order. Gzip is transparent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from seqrec.errors import DataError
+
+Format = Literal["auto", "csv", "parquet", "movielens", "inter", "user-per-line"]
+FORMATS: tuple[str, ...] = ("auto", "csv", "parquet", "movielens", "inter", "user-per-line")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a log. Column names refer to the file's header (or 0-based positions
+    as strings when ``header`` is False)."""
+
+    format: Format = "auto"
+    sep: str | None = None  # None: sniffed from the first line
+    header: bool = True
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"  # None or missing column: file order stands for time
+    rating_col: str | None = None
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return io.StringIO(raw.decode("utf-8", errors="replace"))
+
+
+def _first_line(path: Path) -> str:
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+        return str(fh.readline())
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the file name, then from the first line."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    if name.endswith(".inter"):
+        return "inter"
+    if name.endswith(".dat") or name == "u.data":
+        return "movielens"
+    first = _first_line(path).strip()
+    if "\t" not in first and "," not in first and ";" not in first and len(first.split()) > 3:
+        return "user-per-line"
+    return "csv"
+
+
+def _sniff_sep(line: str) -> str:
+    for sep in ("\t", ",", ";", "|", "::"):
+        if sep in line:
+            return sep
+    return r"\s+"
+
+
+def read_log(path: str | Path, options: ReadOptions | None = None) -> pd.DataFrame:
+    """Read an interaction log into columns user, item[, time][, rating]."""
+    opts = options or ReadOptions()
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file; check the path (or use --dataset for bundled data)")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; give the log file inside it")
+    fmt = detect_format(p) if opts.format == "auto" else opts.format
+    try:
+        if fmt == "parquet":
+            return _select(pd.read_parquet(p), opts, p)
+        if fmt == "movielens":
+            return _read_movielens(p)
+        if fmt == "inter":
+            return _read_inter(p, opts)
+        if fmt == "user-per-line":
+            return _read_user_per_line(p)
+        return _read_csv(p, opts)
+    except DataError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{p}: cannot read as {fmt}: {msg}; check --format and --sep") from exc
+
+
+def _read_csv(path: Path, opts: ReadOptions) -> pd.DataFrame:
+    sep = opts.sep or _sniff_sep(_first_line(path))
+    engine = "python" if len(sep) > 1 else "c"
+    frame = pd.read_csv(
+        path, sep=sep, header=0 if opts.header else None, engine=engine, dtype=str, compression="infer"
+    )
+    if not opts.header:
+        frame.columns = [str(c) for c in range(frame.shape[1])]
+    return _select(frame, opts, path)
+
+
+def _read_movielens(path: Path) -> pd.DataFrame:
+    first = _first_line(path)
+    sep = "::" if "::" in first else "\t"
+    frame = pd.read_csv(path, sep=sep, header=None, engine="python", dtype=str, compression="infer")
+    if frame.shape[1] < 4:
+        raise DataError(f"{path}: MovieLens files have 4 columns user, item, rating, time; found {frame.shape[1]}")
+    frame = frame.iloc[:, :4]
+    frame.columns = ["user", "item", "rating", "time"]
+    return frame
+
+
+def _read_inter(path: Path, opts: ReadOptions) -> pd.DataFrame:
+    """RecBole atomic file: a tab-separated header of ``name:type`` fields."""
+    frame = pd.read_csv(path, sep="\t", header=0, dtype=str, compression="infer")
+    frame.columns = [str(c).split(":")[0] for c in frame.columns]
+    defaults = ReadOptions(user_col="user_id", item_col="item_id", time_col="timestamp", rating_col=None)
+    chosen = ReadOptions(
+        user_col=opts.user_col or defaults.user_col,
+        item_col=opts.item_col or defaults.item_col,
+        time_col=opts.time_col,
+        rating_col=opts.rating_col if opts.rating_col in frame.columns else None,
+    )
+    return _select(frame, chosen, path)
+
+
+def _read_user_per_line(path: Path) -> pd.DataFrame:
+    """``user item item ...`` per line; order within a line stands for time."""
+    users: list[str] = []
+    items: list[str] = []
+    counts: list[int] = []
+    with _open_text(path) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            users.append(parts[0])
+            items.extend(parts[1:])
+            counts.append(len(parts) - 1)
+    if not users:
+        raise DataError(f"{path}: no 'user item item ...' lines found; is this a user-per-line file?")
+    return pd.DataFrame({"user": np.repeat(np.array(users, dtype=object), counts), "item": items})
+
+
+def _select(frame: pd.DataFrame, opts: ReadOptions, path: Path) -> pd.DataFrame:
+    """Pick and rename the chosen columns; a missing required column is a clear error."""
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    wanted = {"user": opts.user_col, "item": opts.item_col}
+    for role, name in wanted.items():
+        if name not in columns:
+            raise DataError(
+                f"{path}: no column {name!r} for {role} ids (columns: {', '.join(columns[:12])}); "
+                f"set --{role}-col"
+            )
+    out = pd.DataFrame({"user": frame[opts.user_col].to_numpy(), "item": frame[opts.item_col].to_numpy()})
+    if opts.time_col and opts.time_col in columns:
+        out["time"] = frame[opts.time_col].to_numpy()
+    if opts.rating_col:
+        if opts.rating_col not in columns:
+            raise DataError(f"{path}: no rating column {opts.rating_col!r}; set --rating-col")
+        out["rating"] = frame[opts.rating_col].to_numpy()
+    return out

@@ -1,0 +1,109 @@
+"""Batched full-catalog ranking: scores for every item, seen items excluded, target ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seqrec.data.batch import eval_inputs
+from seqrec.data.sequences import Sequences
+from seqrec.data.split import EvalSet
+from seqrec.errors import SeqrecError
+from seqrec.eval.metrics import all_metrics
+from seqrec.models.base import SequenceEncoder
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    exclude_seen: bool = True  # items in the user's history are never recommended
+    batch_size: int = 1024
+    sampled: str | None = None  # None (full ranking) | "uniform" | "popularity"
+    n_negatives: int = 100
+    seed: int = 0
+
+
+def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> None:
+    """Set the scores of every item in each row's history to -inf, in place."""
+    lengths = history.lengths[rows]
+    starts = history.offsets[rows]
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    batch_row = np.repeat(np.arange(len(rows)), lengths)
+    pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items = history.items[np.repeat(starts, lengths) + pos]
+    scores[torch.from_numpy(batch_row), torch.from_numpy(items)] = float("-inf")
+
+
+@torch.no_grad()
+def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
+                    exclude_seen: bool, device: torch.device) -> torch.Tensor:
+    """(R, N + 1) catalog scores for the given history rows."""
+    inputs = eval_inputs(history, max_len, rows).to(device)
+    scores = model.score(model.encode_last(inputs)).float().cpu()
+    if exclude_seen:
+        mask_seen(scores, history, rows)
+    return scores
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(R,) expected ranks (ties count half) of each row's target; -inf target -> inf."""
+    t = scores.gather(1, targets[:, None])  # (R, 1)
+    higher = (scores > t).sum(1)
+    ties = (scores == t).sum(1) - 1
+    ranks = 1.0 + higher.double() + ties.double() / 2.0
+    return torch.where(torch.isinf(t[:, 0]) & (t[:, 0] < 0), torch.inf, ranks)
+
+
+@torch.no_grad()
+def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalConfig | None = None,
+             device: torch.device | None = None, item_counts: np.ndarray | None = None) -> dict[str, float]:
+    """Full-catalog metrics (or, on request, ``sampled_`` metrics) over an EvalSet."""
+    cfg = config or EvalConfig()
+    device = device or torch.device("cpu")
+    n_items = int(model.item_embeddings().shape[0] - 1)
+    if max(cfg.ks) > n_items:
+        raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); choose a smaller --k")
+    was_training = model.training
+    model.eval()
+    kmax = max(cfg.ks)
+    all_ranks, all_top = [], []
+    gen = np.random.default_rng(cfg.seed)
+    for start in range(0, len(data), cfg.batch_size):
+        rows = np.arange(start, min(start + cfg.batch_size, len(data)))
+        scores = score_histories(model, data.history, rows, max_len, cfg.exclude_seen, device)
+        targets = torch.from_numpy(data.targets[rows])
+        if cfg.sampled:
+            all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
+            continue
+        all_ranks.append(ranks_from_scores(scores, targets).numpy())
+        all_top.append(torch.topk(scores, kmax, dim=1).indices.numpy())
+    model.train(was_training)
+    ranks = np.concatenate(all_ranks) if all_ranks else np.zeros(0)
+    if cfg.sampled:
+        return all_metrics(ranks, cfg.ks, prefix=f"sampled_{cfg.sampled}{cfg.n_negatives}_")
+    top = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
+    return all_metrics(ranks, cfg.ks, top, n_items)
+
+
+def _sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, cfg: EvalConfig, gen: np.random.Generator,
+                   item_counts: np.ndarray | None) -> np.ndarray:
+    """Rank of the target among ``n_negatives`` sampled items (labelled ``sampled``)."""
+    R, n1 = scores.shape
+    probs = None
+    if cfg.sampled == "popularity":
+        if item_counts is None:
+            raise SeqrecError("popularity-sampled metrics need training item counts")
+        p = item_counts[:n1].astype(np.float64).copy()
+        p[0] = 0
+        probs = p / p.sum()
+    neg = gen.choice(np.arange(n1), size=(R, cfg.n_negatives), p=probs) if probs is not None else \
+        gen.integers(1, n1, size=(R, cfg.n_negatives))
+    neg_t = torch.from_numpy(neg)
+    neg_t = torch.where(neg_t == targets[:, None], (neg_t % (n1 - 1)) + 1, neg_t)
+    cand = torch.cat([targets[:, None], neg_t], dim=1)  # (R, 1 + n)
+    sub = scores.gather(1, cand)
+    return ranks_from_scores(sub, torch.zeros(R, dtype=torch.long)).numpy()

@@ -1,0 +1,38 @@
+"""Most-popular baseline: every user gets the items seen most often in training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seqrec.models.base import SequenceEncoder
+
+
+@dataclass(frozen=True)
+class PopularConfig:
+    n_items: int
+    max_len: int = 50
+
+
+class PopularEncoder(SequenceEncoder):
+    name = "popular"
+    trainable = False
+
+    def __init__(self, config: PopularConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("counts", torch.zeros(config.n_items + 1, 1))  # (N + 1, 1)
+
+    def fit_counts(self, items: np.ndarray) -> None:
+        """Count training events (internal item ids)."""
+        counts = np.bincount(items, minlength=self.config.n_items + 1).astype(np.float32)
+        counts[0] = 0.0
+        self.counts.copy_(torch.from_numpy(counts)[:, None])
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.ones(*items.shape, 1, device=items.device)  # (B, L, 1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.counts

@@ -1,0 +1,140 @@
+"""The Python API: ``Recommender(model).fit(dataset) -> evaluate() -> recommend(users)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from seqrec.artifact import Artifact, load_artifact, save_artifact
+from seqrec.data.preprocess import Dataset
+from seqrec.data.sequences import Sequences
+from seqrec.data.split import EvalSet, Split, make_split
+from seqrec.errors import SeqrecError
+from seqrec.eval.evaluate import EvalConfig, evaluate, score_histories
+from seqrec.models.base import SequenceEncoder
+from seqrec.models.registry import create
+from seqrec.train.config import TrainConfig
+from seqrec.train.loop import FitResult, fit, resolve_device
+
+
+class Recommender:
+    """A sequence model plus the data it knows: fit, evaluate, recommend, save, load."""
+
+    def __init__(self, model: str = "gru4rec", config: TrainConfig | None = None, **model_params: Any) -> None:
+        self.model_name = model
+        self.config = config or TrainConfig()
+        self.model_params = model_params
+        self.model: SequenceEncoder | None = None
+        self.dataset: Dataset | None = None
+        self.split: Split | None = None
+        self.info: dict[str, Any] = {}
+
+    # ---- training -------------------------------------------------------------------------
+    def fit(self, dataset: Dataset, split: Split | None = None, out_dir: str | Path | None = None,
+            resume: bool = False, progress: bool = True,
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+        self.dataset = dataset
+        self.split = split or make_split(dataset)
+        torch.manual_seed(self.config.seed)
+        self.model = create(self.model_name, n_items=dataset.n_items, max_len=self.config.max_len,
+                            **self.model_params)
+        t0 = time.perf_counter()
+        result = fit(self.model, self.split, self.config, Path(out_dir) if out_dir else None, resume,
+                     progress, on_epoch)
+        self.info.update(split=self.split.kind, history=result.history, best_epoch=result.best_epoch,
+                         best_valid=result.best_metric, train_seconds=time.perf_counter() - t0,
+                         n_parameters=self.model.n_parameters())
+        return result
+
+    def _ready(self) -> tuple[SequenceEncoder, Dataset]:
+        if self.model is None or self.dataset is None:
+            raise SeqrecError("the recommender is not trained yet; call fit() or Recommender.load()")
+        return self.model, self.dataset
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self, on: str | EvalSet = "test", ks: Sequence[int] = (1, 5, 10, 20), exclude_seen: bool = True,
+                 sampled: str | None = None, n_negatives: int = 100) -> dict[str, float]:
+        model, dataset = self._ready()
+        eval_set = self._eval_set(on) if isinstance(on, str) else on
+        split = self.split
+        counts = np.bincount(split.train.items, minlength=dataset.n_items + 1) if split else None
+        cfg = EvalConfig(tuple(ks), exclude_seen, self.config.eval_batch_size, sampled, n_negatives)
+        return evaluate(model, eval_set, self.max_len, cfg, resolve_device(self.config.device), counts)
+
+    def _eval_set(self, on: str) -> EvalSet:
+        _, dataset = self._ready()
+        if self.split is None:
+            self.split = make_split(dataset, self.info.get("split", "leave-one-out"),
+                                    self.info.get("valid_time"), self.info.get("test_time"))
+        if on not in ("test", "valid"):
+            raise SeqrecError(f"evaluate on 'test' or 'valid', not {on!r}")
+        return self.split.test if on == "test" else self.split.valid
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_len
+
+    # ---- recommendation -------------------------------------------------------------------
+    def recommend(self, users: Sequence[Any], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Top-k for known users (external ids) from their whole history."""
+        _, dataset = self._ready()
+        rows = dataset.users.to_internal(list(users), kind="user")
+        frame = self._top_k(dataset.sequences, rows, k, exclude_seen)
+        frame.insert(0, "user_id", np.asarray(list(users), dtype=object)[frame.pop("row").to_numpy()])
+        return frame
+
+    def recommend_history(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
+                          exclude: Sequence[Any] = ()) -> pd.DataFrame:
+        """Top-k for an ad-hoc history of external item ids (oldest first). Unknown items are skipped."""
+        _, dataset = self._ready()
+        internal = dataset.items.to_internal(list(history), strict=False)
+        known = internal[internal > 0]
+        if len(history) and not len(known):
+            raise SeqrecError("none of the history items are known to the model; check the item ids")
+        seqs = Sequences.from_lists([known.tolist()])
+        banned = dataset.items.to_internal(list(exclude), strict=False)
+        frame = self._top_k(seqs, np.zeros(1, dtype=np.int64), k, exclude_seen, banned[banned > 0])
+        return frame.drop(columns="row")
+
+    def _top_k(self, seqs: Sequences, rows: np.ndarray, k: int, exclude_seen: bool,
+               banned: np.ndarray | None = None) -> pd.DataFrame:
+        model, dataset = self._ready()
+        if k < 1 or k > dataset.n_items:
+            raise SeqrecError(f"k={k} must be between 1 and the catalog size {dataset.n_items}")
+        scores = score_histories(model, seqs, rows, self.max_len, exclude_seen, torch.device("cpu"))
+        if banned is not None and len(banned):
+            scores[:, torch.from_numpy(banned)] = float("-inf")
+        top = torch.topk(scores, k, dim=1)
+        idx, val = top.indices.numpy(), top.values.numpy()
+        flat = idx.ravel()
+        frame = pd.DataFrame({
+            "row": np.repeat(np.arange(len(rows)), k),
+            "rank": np.tile(np.arange(1, k + 1), len(rows)),
+            "item_id": dataset.items.to_external(np.maximum(flat, 1)),
+            "score": val.ravel(),
+        })
+        if dataset.item_titles:
+            frame["title"] = [dataset.item_titles[i - 1] for i in np.maximum(flat, 1)]
+        return frame[np.isfinite(frame["score"].to_numpy())].reset_index(drop=True)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        model, dataset = self._ready()
+        art = Artifact(self.model_name, model, dataset, self.max_len, dataclasses.asdict(self.config), self.info)
+        return save_artifact(path, art)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        art = load_artifact(path)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in art.train_config.items() if k in fields})
+        rec = cls(art.model_name, dataclasses.replace(cfg, max_len=art.max_len))
+        rec.model, rec.dataset, rec.info = art.model, art.dataset, art.info
+        return rec

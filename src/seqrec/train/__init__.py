@@ -1,0 +1,1 @@
+"""One plain PyTorch training loop for every model."""

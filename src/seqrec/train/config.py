@@ -1,0 +1,32 @@
+"""Training configuration: one frozen dataclass, serialised with asdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # never applied to embeddings, biases or norms
+    grad_clip: float | None = 5.0
+    patience: int = 5  # epochs without validation improvement before stopping
+    seed: int = 0
+    max_len: int = 50
+    sliding: bool = True  # cut long training sequences into windows (every event a target once)
+    loss: str = "ce"  # ce | sampled | bce | gbce
+    n_negatives: int = 1
+    sampler: str = "uniform"  # uniform | popularity | in-batch
+    logq: bool = True
+    gbce_t: float = 0.75
+    objective: str | None = None  # None: the model's default ("next" or "cloze")
+    mask_prob: float = 0.2  # cloze objective
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    bf16: bool = False
+    device: str = "auto"
+    valid_metric: str = "NDCG@10"
+    eval_batch_size: int = 1024
+    exclude_seen: bool = True

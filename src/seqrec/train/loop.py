@@ -1,0 +1,193 @@
+"""The training loop: AdamW, early stopping on validation, checkpoints, resume, seeds."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seqrec.data.batch import SequenceBatch, TrainBatches
+from seqrec.data.split import Split
+from seqrec.errors import SeqrecError
+from seqrec.eval.evaluate import EvalConfig, evaluate
+from seqrec.losses import LossConfig, NegativeSampler, compute_loss
+from seqrec.models.base import SequenceEncoder
+from seqrec.train.checkpoint import load_checkpoint, save_checkpoint
+from seqrec.train.config import TrainConfig
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    best_metric: float = float("-inf")
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        torch.set_num_threads(os.cpu_count() or 1)
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise SeqrecError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: never on embeddings, biases or norms."""
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            skip = (isinstance(module, torch.nn.Embedding | torch.nn.LayerNorm) or p.dim() < 2
+                    or "norm" in module_name.lower() or "emb" in name)
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "cosine" and total > 0:
+        progress = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warm
+
+
+def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: float,
+          gen: torch.Generator) -> SequenceBatch:
+    """Masked-item objective: mask random real items (always the last one with prob ``prob``)."""
+    items = window[:, 1:]  # (B, L) the most recent L events
+    real = items > 0
+    masked = (torch.rand(items.shape, generator=gen) < prob) & real
+    none = ~masked.any(1)
+    masked[none, -1] = real[none, -1]  # every row predicts at least one item
+    inputs = torch.where(masked, mask_token, items)
+    return SequenceBatch(inputs, torch.where(masked, items, 0), real.sum(1))
+
+
+class Trainer:
+    def __init__(self, model: SequenceEncoder, split: Split, cfg: TrainConfig,
+                 out_dir: Path | None = None, progress: bool = True,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> None:
+        self.model, self.split, self.cfg = model, split, cfg
+        self.device = resolve_device(cfg.device)
+        self.out_dir, self.progress, self.on_epoch = out_dir, progress, on_epoch
+        self.objective = cfg.objective or model.objective
+        counts = np.bincount(split.train.items, minlength=split.n_items + 1)
+        self.item_counts = counts
+        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t)
+        self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
+
+    def fit(self, resume: bool = False) -> FitResult:
+        model, cfg = self.model.to(self.device), self.cfg
+        if not model.trainable:
+            return self._fit_statistics()
+        batches = TrainBatches(self.split.train, cfg.max_len, cfg.batch_size, cfg.sliding)
+        if len(batches) == 0:
+            raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        result, start_epoch, best, bad = FitResult(), 0, self._snapshot(), 0
+        ckpt = self.out_dir / "checkpoint" if self.out_dir else None
+        if resume and ckpt and (ckpt / "state.json").exists():
+            best, loop = load_checkpoint(ckpt, model, opt)
+            start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
+            result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
+        total_steps = cfg.epochs * len(batches)
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad >= cfg.patience:
+                break
+            t0 = time.perf_counter()
+            loss = self._epoch(batches, opt, epoch, total_steps)
+            metrics = self.validate()
+            row = {"epoch": epoch + 1, "loss": loss, **metrics, "seconds": time.perf_counter() - t0}
+            result.history.append(row)
+            result.seconds += row["seconds"]
+            score = metrics[f"valid_{cfg.valid_metric}"]
+            if score > result.best_metric:
+                result.best_metric, result.best_epoch, best, bad = score, epoch + 1, self._snapshot(), 0
+            else:
+                bad += 1
+            if self.on_epoch:
+                self.on_epoch(row)
+            if ckpt:
+                save_checkpoint(ckpt, model, best, opt, {
+                    "epoch": epoch, "bad_epochs": bad, "history": result.history,
+                    "best_epoch": result.best_epoch, "best_metric": result.best_metric,
+                    "seconds": result.seconds})
+        model.load_state_dict(best)
+        model.eval()
+        return result
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+
+    def _fit_statistics(self) -> FitResult:
+        fit_counts = getattr(self.model, "fit_counts", None)
+        if fit_counts is not None:
+            fit_counts(self.split.train.items)
+        metrics = self.validate()
+        return FitResult([{"epoch": 0, "loss": 0.0, **metrics, "seconds": 0.0}], 0,
+                         metrics[f"valid_{self.cfg.valid_metric}"], 0.0)
+
+    def _epoch(self, batches: TrainBatches, opt: torch.optim.Optimizer, epoch: int, total: int) -> float:
+        cfg, model = self.cfg, self.model
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout; same stream after a resume
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        model.train()
+        losses: list[float] = []
+        bar = tqdm(batches.epoch(gen), total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i, batch in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(epoch * len(batches) + i, total, cfg)
+            loss = self._step(batch, opt, gen)
+            losses.append(loss)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        return float(np.mean(losses))
+
+    def _step(self, batch: SequenceBatch, opt: torch.optim.Optimizer, gen: torch.Generator) -> float:
+        if self.objective == "cloze":
+            mask_token = int(getattr(self.model, "mask_token", 0))
+            batch = cloze(batch, self._cloze_window(batch), mask_token, self.cfg.mask_prob, gen)
+        items, targets = batch.items.to(self.device), batch.targets.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            hidden = self.model.encode(items)  # (B, L, D)
+            mask = targets > 0
+            loss = compute_loss(self.model, hidden[mask], targets[mask], self.loss_cfg, self.sampler, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        opt.step()
+        return float(loss.detach())
+
+    @staticmethod
+    def _cloze_window(batch: SequenceBatch) -> torch.Tensor:
+        """(B, L + 1) window whose last L entries are the most recent L events."""
+        last = torch.where(batch.targets[:, -1] > 0, batch.targets[:, -1], batch.items[:, -1])
+        return torch.cat([batch.items, last[:, None]], 1)
+
+    def validate(self) -> dict[str, float]:
+        k = int(self.cfg.valid_metric.split("@")[1]) if "@" in self.cfg.valid_metric else 10
+        cfg = EvalConfig(ks=(k,), exclude_seen=self.cfg.exclude_seen, batch_size=self.cfg.eval_batch_size)
+        metrics = evaluate(self.model, self.split.valid, self.cfg.max_len, cfg, self.device)
+        return {f"valid_{name}": v for name, v in metrics.items() if not name.startswith(("coverage", "Recall"))}
+
+
+def fit(model: SequenceEncoder, split: Split, cfg: TrainConfig, out_dir: Path | None = None,
+        resume: bool = False, progress: bool = True,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+    return Trainer(model, split, cfg, out_dir, progress, on_epoch).fit(resume)
