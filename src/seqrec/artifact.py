@@ -57,9 +57,9 @@ def save_artifact(path: str | Path, art: Artifact) -> Path:
     (tmp / "items.json").write_text(json.dumps(items))
     (tmp / "users.json").write_text(json.dumps(art.dataset.users.to_json()))
     seqs = art.dataset.sequences
-    tensors = {"offsets": torch.from_numpy(seqs.offsets), "items": torch.from_numpy(seqs.items)}
+    tensors = {"offsets": torch.from_numpy(np.array(seqs.offsets)), "items": torch.from_numpy(np.array(seqs.items))}
     if seqs.times is not None:
-        tensors["times"] = torch.from_numpy(seqs.times)
+        tensors["times"] = torch.from_numpy(np.array(seqs.times, dtype=np.float64))
     save_file(tensors, str(tmp / "sequences.safetensors"))
     (tmp / "info.json").write_text(json.dumps(art.info, indent=2, default=_jsonable))
     commit_dir(tmp, final)

@@ -16,9 +16,11 @@ from seqrec.data.split import make_split
 from seqrec.datasets import KNOWN, dataset_path, load_dataset
 from seqrec.errors import SeqrecError
 from seqrec.losses import LOSSES, SAMPLERS
+from seqrec.models.layers import SIZES
 from seqrec.models.registry import model_names
 from seqrec.recommender import Recommender
 from seqrec.report import metrics_table, table
+from seqrec.serve.cli import add_parser as add_serve_parser
 from seqrec.train.config import TrainConfig
 
 DEFAULT_DATA_ROOT = os.environ.get("SEQREC_DATA_ROOT", "../shared/data")
@@ -39,7 +41,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--dataset", help=f"a bundled or known dataset: {', '.join(KNOWN)}")
-    src.add_argument("--data", type=Path, help="path to an interaction log (csv/tsv/parquet/.dat/.inter/user-per-line, .gz ok)")
+    src.add_argument("--data", type=Path,
+                     help="path to an interaction log (csv/tsv/parquet/.dat/.inter/user-per-line, .gz ok)")
     g.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT),
                    help="folder holding known datasets (default: $SEQREC_DATA_ROOT or ../shared/data)")
     g.add_argument("--format", choices=FORMATS, default="auto", help="log format (default: from the file)")
@@ -70,6 +73,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--patience", type=int, default=5, help="early stopping on validation NDCG@10")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-len", type=int, default=50)
+    g.add_argument("--size", choices=tuple(SIZES), help="size preset for sasrec/bert4rec/hstu (dim, layers, heads)")
     g.add_argument("--dim", type=int, help="item embedding size")
     g.add_argument("--hidden", type=int, help="recurrent hidden size")
     g.add_argument("--n-layers", type=int)
@@ -78,6 +82,15 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--loss", choices=LOSSES, default="ce")
     g.add_argument("--negatives", type=int, default=1, help="negatives per target (bce/gbce) or per batch (sampled)")
     g.add_argument("--sampler", choices=SAMPLERS, default="uniform")
+    g.add_argument("--logq", action=argparse.BooleanOptionalAction, default=True,
+                   help="logQ correction for sampled softmax")
+    g.add_argument("--gbce-t", type=float, default=0.75, help="gBCE calibration t")
+    g.add_argument("--objective", choices=("next", "cloze"), help="default: the model's own")
+    g.add_argument("--mask-prob", type=float, default=0.2, help="cloze objective masking probability")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
+    g.add_argument("--no-sliding", action="store_true", help="one training window per user (most recent)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--out", type=Path, help="artifact directory to write")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -103,11 +116,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, grad_clip=args.grad_clip or None,
                        patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
-                       n_negatives=args.negatives, sampler=args.sampler, device=args.device)
+                       n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
+                       objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
+                       schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, device=args.device)
 
 
 def model_params(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("dim", "hidden", "n_layers", "n_heads", "dropout")
+    names = ("size", "dim", "hidden", "n_layers", "n_heads", "dropout")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -140,9 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         base.fit(data, split, progress=False)
         results["popular"] = base.evaluate(ks=args.k)
     rec = Recommender(args.model, cfg, **model_params(args))
-    print(f"training {args.model} on {len(split.valid):,} validation users ...", flush=True)
+    print(f"training {args.model} ...", flush=True)
     rec.fit(data, split, out_dir=args.out, resume=args.resume, progress=not args.quiet,
             on_epoch=_epoch_printer(args.quiet))
+    print(f"{args.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
     results[args.model] = rec.evaluate(ks=args.k)
     rec.info["test_metrics"] = results[args.model]
     rec.info["baseline_test_metrics"] = results.get("popular")
@@ -178,7 +194,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         history = [h.strip() for h in args.history.split(",") if h.strip()]
         frame = rec.recommend_history(history, k=args.k, exclude_seen=not args.include_seen)
     cols = [c for c in ("rank", "item_id", "score", "title") if c in frame]
-    print(table(cols, frame[cols].itertuples(index=False)))
+    print(table(cols, list(frame[cols].itertuples(index=False))))
     return 0
 
 
@@ -189,6 +205,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         where = "bundled" if info.bundled else ("found" if path.exists() else f"not found under {args.data_root}")
         rows.append([name, where, info.description])
     print(table(["name", "status", "description"], rows))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from seqrec.plot import plot_history
+
+    out = plot_history(args.run, args.output)
+    print(f"learning curves written to {out}")
     return 0
 
 
@@ -233,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list bundled and known datasets")
     p.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("plot", help="draw a run's learning curves (loss, validation metrics) to a PNG")
+    p.add_argument("run", type=Path, help="an artifact directory written by `seqrec train --out`")
+    p.add_argument("--output", type=Path, help="PNG path (default: RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)
+    add_serve_parser(sub)
     return parser
 
 

@@ -50,12 +50,14 @@ def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(R,) expected ranks (ties count half) of each row's target; -inf target -> inf."""
+    """(R,) expected ranks (ties count half) of each row's target; -inf or NaN target -> inf."""
     t = scores.gather(1, targets[:, None])  # (R, 1)
     higher = (scores > t).sum(1)
     ties = (scores == t).sum(1) - 1
     ranks = 1.0 + higher.double() + ties.double() / 2.0
-    return torch.where(torch.isinf(t[:, 0]) & (t[:, 0] < 0), torch.inf, ranks)
+    # a NaN target compares false with everything (rank 0.5, better than the best): a miss
+    miss = torch.isnan(t[:, 0]) | (torch.isinf(t[:, 0]) & (t[:, 0] < 0))
+    return torch.where(miss, torch.inf, ranks)
 
 
 @torch.no_grad()
@@ -66,7 +68,8 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
     device = device or torch.device("cpu")
     n_items = int(model.item_embeddings().shape[0] - 1)
     if max(cfg.ks) > n_items:
-        raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); choose a smaller --k")
+        raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); "
+                          "choose a smaller --k")
     was_training = model.training
     model.eval()
     kmax = max(cfg.ks)
@@ -80,13 +83,15 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
             continue
         all_ranks.append(ranks_from_scores(scores, targets).numpy())
-        all_top.append(torch.topk(scores, kmax, dim=1).indices.numpy())
+        top = torch.topk(scores, kmax, dim=1)
+        # excluded (-inf) items fill a short list but are not recommended: 0 is not counted
+        all_top.append(torch.where(top.values == float("-inf"), 0, top.indices).numpy())
     model.train(was_training)
     ranks = np.concatenate(all_ranks) if all_ranks else np.zeros(0)
     if cfg.sampled:
         return all_metrics(ranks, cfg.ks, prefix=f"sampled_{cfg.sampled}{cfg.n_negatives}_")
-    top = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
-    return all_metrics(ranks, cfg.ks, top, n_items)
+    top_items = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
+    return all_metrics(ranks, cfg.ks, top_items, n_items)
 
 
 def _sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, cfg: EvalConfig, gen: np.random.Generator,

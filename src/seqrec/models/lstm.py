@@ -50,7 +50,7 @@ def run_packed(rnn: nn.RNNBase, x: torch.Tensor, items: torch.Tensor) -> torch.T
     padding precedes them.
     """
     lengths = (items > 0).sum(1)  # (B,)
-    B, L, _ = x.shape
+    L = x.shape[1]
     right = left_to_right(x, lengths)  # (B, L, D), real items first
     packed = pack_padded_sequence(right, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
     out, _ = rnn(packed)

@@ -23,6 +23,7 @@ class PopularEncoder(SequenceEncoder):
     def __init__(self, config: PopularConfig) -> None:
         super().__init__()
         self.config = config
+        self.counts: torch.Tensor
         self.register_buffer("counts", torch.zeros(config.n_items + 1, 1))  # (N + 1, 1)
 
     def fit_counts(self, items: np.ndarray) -> None:

@@ -46,7 +46,8 @@ def resolve_device(name: str) -> torch.device:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices only: never on embeddings, biases or norms."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
@@ -119,13 +120,13 @@ class Trainer:
                 result.best_metric, result.best_epoch, best, bad = score, epoch + 1, self._snapshot(), 0
             else:
                 bad += 1
-            if self.on_epoch:
-                self.on_epoch(row)
             if ckpt:
                 save_checkpoint(ckpt, model, best, opt, {
                     "epoch": epoch, "bad_epochs": bad, "history": result.history,
                     "best_epoch": result.best_epoch, "best_metric": result.best_metric,
                     "seconds": result.seconds})
+            if self.on_epoch:
+                self.on_epoch(row)
         model.load_state_dict(best)
         model.eval()
         return result

@@ -1,0 +1,73 @@
+"""Pieces shared by the self-attention encoders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def positions_from_start(items: torch.Tensor) -> torch.Tensor:
+    """(B, L) position of each real item counted from the user's first item in the window.
+
+    Counting from the first real item (not from the padded left edge) makes the encoders
+    invariant to how much left padding a batch adds. Padding positions get 0.
+    """
+    L = items.shape[1]
+    lengths = (items > 0).sum(1, keepdim=True)  # (B, 1)
+    return (torch.arange(L, device=items.device)[None, :] - (L - lengths)).clamp(min=0)
+
+
+def attention_mask(items: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask, True = may attend. Real queries never see padding keys;
+    every query sees itself, so no row is empty (padding rows are ignored downstream)."""
+    L = items.shape[1]
+    real = items > 0  # (B, L)
+    mask = real[:, None, None, :].expand(-1, 1, L, L)
+    if causal:
+        mask = mask & torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
+    return mask | torch.eye(L, dtype=torch.bool, device=items.device)
+
+
+class Block(nn.Module):
+    """Transformer block: self-attention then a pointwise feed-forward, pre- or post-norm."""
+
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, norm_first: bool,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} must be divisible by n_heads {n_heads}")
+        self.n_heads, self.norm_first, self.dropout = n_heads, norm_first, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU() if activation == "gelu" else nn.ReLU(),
+                                nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # each (B, L, D)
+        q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, D)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attend(self.norm1(x), mask)
+            return x + self.drop(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.attend(x, mask))
+        return self.norm2(x + self.drop(self.ff(x)))
+
+
+# Size presets shared by the attention models: (dim, n_layers, n_heads). Parameter counts also
+# grow with the catalog (n_items x dim embeddings); `seqrec train` prints the total.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 1),  # the published SASRec/BERT4Rec setting for Amazon data
+    "small": (128, 2, 2),
+    "base": (256, 4, 4),
+    "large": (512, 8, 8),
+    "xl": (1024, 16, 16),
+    "xxl": (2048, 24, 16),  # > 1 billion parameters in the blocks alone
+}

@@ -1,0 +1,111 @@
+"""Contracts every registered model must keep (DESIGN.md principle 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import seqrec
+from seqrec.datasets.synthetic import markov_dataset
+from seqrec.models.registry import MODELS, create
+
+N_ITEMS, L = 40, 12
+LEARNED = [name for name, (_, cls) in MODELS.items() if cls.trainable]
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create(name, n_items=N_ITEMS, max_len=L, dim=16, hidden=16, n_heads=2)
+    return model.eval()
+
+
+def _batch(seed: int = 0, pad: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, N_ITEMS + 1, (5, L), generator=g)
+    items[:, :pad] = 0
+    return items
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shapes(name: str) -> None:
+    model = _model(name)
+    items = _batch()
+    hidden = model.encode(items)
+    dim = model.item_embeddings().shape[1]
+    assert hidden.shape == (5, L, dim)
+    assert model.item_embeddings().shape[0] == N_ITEMS + 1
+    scores = model.score(model.encode_last(items))
+    assert scores.shape == (5, N_ITEMS + 1)
+    assert torch.isinf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if MODELS[n][1].causal])
+def test_causality(name: str) -> None:
+    """Changing a future item never changes an earlier position's output."""
+    model = _model(name)
+    items = _batch(pad=0)
+    changed = items.clone()
+    changed[:, 7:] = (changed[:, 7:] % N_ITEMS) + 1
+    with torch.no_grad():
+        a, b = model.encode(items), model.encode(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=1e-5, rtol=1e-5)
+    if name != "popular":
+        assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_padding_invariance(name: str) -> None:
+    """Extra left padding changes nothing at the real positions or in the prediction."""
+    model = _model(name)
+    short = _batch(pad=4)[:, 2:]  # (5, L - 2) with 2 pads
+    long = torch.cat([torch.zeros(5, 2, dtype=torch.long), short], dim=1)  # same items, 4 pads
+    with torch.no_grad():
+        a, b = model.encode(short), model.encode(long)
+        torch.testing.assert_close(a[:, 2:], b[:, 4:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_last(short), model.encode_last(long), atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_model_sees_the_future() -> None:
+    model = _model("bert4rec")
+    items = _batch(pad=0)
+    changed = items.clone()
+    changed[:, -1] = (changed[:, -1] % N_ITEMS) + 1
+    with torch.no_grad():
+        assert not torch.allclose(model.encode(items)[:, 0], model.encode(changed)[:, 0])
+
+
+def test_hstu_time_bias_changes_output_only_when_times_differ() -> None:
+    model = _model("hstu")
+    items = _batch(pad=0)
+    with torch.no_grad():
+        model.bias.time.normal_()
+        plain = model.encode(items, torch.zeros(5, L))
+        spaced = model.encode(items, torch.arange(L).float().repeat(5, 1) * 3600)
+    assert torch.allclose(model.encode(items, torch.zeros(5, L)), plain)
+    assert not torch.allclose(plain, spaced)
+
+
+@pytest.fixture(scope="module")
+def markov() -> tuple[seqrec.Dataset, seqrec.Split]:
+    data = markov_dataset(n_users=300, n_items=50, length=16, seed=1)
+    return data, seqrec.leave_one_out(data)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_seeded_tiny_fit_beats_popular_and_round_trips(name: str, markov, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data, split = markov
+    cfg = seqrec.TrainConfig(epochs=8, batch_size=64, lr=5e-3, max_len=15, seed=0, patience=8)
+    pop = seqrec.Recommender("popular", cfg)
+    pop.fit(data, split, progress=False)
+    rec = seqrec.Recommender(name, cfg, dim=32, hidden=32, n_heads=1, dropout=0.1)
+    rec.fit(data, split, progress=False)
+    ours, base = rec.evaluate(ks=(10,)), pop.evaluate(ks=(10,))
+    assert ours["NDCG@10"] > base["NDCG@10"] + 0.05, (ours, base)
+    rec.save(tmp_path / "art")
+    loaded = seqrec.Recommender.load(tmp_path / "art")
+    users = data.users.external[:20].tolist()
+    a, b = rec.recommend(users, k=5), loaded.recommend(users, k=5)
+    np.testing.assert_array_equal(a["item_id"].to_numpy(), b["item_id"].to_numpy())
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=0, atol=0)
+    assert loaded.evaluate(ks=(10,)) == ours

@@ -1,0 +1,93 @@
+"""Training loop: seeds, resume after an interruption, bf16, schedules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqrec
+from seqrec.datasets.synthetic import markov_dataset
+from seqrec.models.registry import create
+from seqrec.train.loop import fit, lr_factor, param_groups
+
+CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, max_len=10, seed=3, patience=10)
+
+
+@pytest.fixture(scope="module")
+def split() -> seqrec.Split:
+    return seqrec.leave_one_out(markov_dataset(n_users=120, n_items=30, length=12, seed=2))
+
+
+def _run(split: seqrec.Split, cfg: seqrec.TrainConfig = CFG, **kw: object) -> tuple[list[dict[str, float]], dict]:
+    torch.manual_seed(0)
+    model = create("sasrec", n_items=split.n_items, max_len=cfg.max_len, dim=16, n_heads=1)
+    result = fit(model, split, cfg, progress=False, **kw)  # type: ignore[arg-type]
+    return result.history, model.state_dict()
+
+
+def _strip_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_same_seed_same_metrics(split: seqrec.Split) -> None:
+    a, _ = _run(split)
+    b, _ = _run(split)
+    assert _strip_time(a) == _strip_time(b)
+    c, _ = _run(split, dataclasses.replace(CFG, seed=4))
+    assert _strip_time(a) != _strip_time(c)
+
+
+def test_resume_after_interruption_matches_uninterrupted(split: seqrec.Split, tmp_path: Path) -> None:
+    full, full_state = _run(split, out_dir=tmp_path / "a")
+
+    def stop_after_two(row: dict[str, float]) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(split, out_dir=tmp_path / "b", on_epoch=stop_after_two)
+    resumed, resumed_state = _run(split, out_dir=tmp_path / "b", resume=True)
+    assert _strip_time(resumed) == _strip_time(full)
+    for k, v in full_state.items():
+        torch.testing.assert_close(resumed_state[k], v, rtol=0, atol=0)
+
+
+def test_bf16_autocast_trains(split: seqrec.Split) -> None:
+    history, _ = _run(split, dataclasses.replace(CFG, bf16=True, epochs=3))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["valid_NDCG@10"] > 0
+
+
+@pytest.mark.parametrize("loss", ["sampled", "bce", "gbce"])
+def test_other_losses_train(split: seqrec.Split, loss: str) -> None:
+    history, _ = _run(split, dataclasses.replace(CFG, loss=loss, n_negatives=8, epochs=3))
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_early_stopping_restores_best(split: seqrec.Split) -> None:
+    cfg = dataclasses.replace(CFG, epochs=30, patience=1, lr=5e-2)
+    history, _ = _run(split, cfg)
+    assert len(history) < 30
+    best = max(r["valid_NDCG@10"] for r in history)
+    assert history[-1]["valid_NDCG@10"] <= best
+
+
+def test_warmup_and_cosine_schedule() -> None:
+    cfg = dataclasses.replace(CFG, warmup_steps=10, schedule="cosine")
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_embeddings_and_norms() -> None:
+    model = create("sasrec", n_items=20, max_len=5, dim=8)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    no_ids = {id(p) for p in no_decay["params"]}
+    assert id(model.item_emb.weight) in no_ids and id(model.pos_emb.weight) in no_ids
+    assert id(model.final_norm.weight) in no_ids
+    assert id(model.blocks[0].qkv.weight) in {id(p) for p in decay["params"]}
