@@ -17,13 +17,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from seqrec.atomic import atomic_dir
 from seqrec.data.ids import IdMap
 from seqrec.data.preprocess import Dataset
 from seqrec.data.sequences import Sequences
 from seqrec.errors import ArtifactError
 from seqrec.models.base import SequenceEncoder
 from seqrec.models.registry import MODELS, build_model
-from seqrec.train.checkpoint import atomic_dir, commit_dir
 
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.safetensors", "items.json", "users.json", "sequences.safetensors")
@@ -41,28 +41,27 @@ class Artifact:
 
 def save_artifact(path: str | Path, art: Artifact) -> Path:
     final = Path(path)
-    tmp = atomic_dir(final)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "model": art.model_name,
-        "model_config": dataclasses.asdict(art.model.config),
-        "max_len": art.max_len,
-        "dataset": art.dataset.name,
-        "train_config": art.train_config,
-    }
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.detach().cpu().contiguous() for k, v in art.model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    items = art.dataset.items.to_json() | {"titles": art.dataset.item_titles}
-    (tmp / "items.json").write_text(json.dumps(items))
-    (tmp / "users.json").write_text(json.dumps(art.dataset.users.to_json()))
-    seqs = art.dataset.sequences
-    tensors = {"offsets": torch.from_numpy(np.array(seqs.offsets)), "items": torch.from_numpy(np.array(seqs.items))}
-    if seqs.times is not None:
-        tensors["times"] = torch.from_numpy(np.array(seqs.times, dtype=np.float64))
-    save_file(tensors, str(tmp / "sequences.safetensors"))
-    (tmp / "info.json").write_text(json.dumps(art.info, indent=2, default=_jsonable))
-    commit_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": art.model_name,
+            "model_config": dataclasses.asdict(art.model.config),
+            "max_len": art.max_len,
+            "dataset": art.dataset.name,
+            "train_config": art.train_config,
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.detach().cpu().contiguous() for k, v in art.model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        items = art.dataset.items.to_json() | {"titles": art.dataset.item_titles}
+        (tmp / "items.json").write_text(json.dumps(items))
+        (tmp / "users.json").write_text(json.dumps(art.dataset.users.to_json()))
+        seqs = art.dataset.sequences
+        tensors = {"offsets": torch.from_numpy(np.array(seqs.offsets)), "items": torch.from_numpy(np.array(seqs.items))}
+        if seqs.times is not None:
+            tensors["times"] = torch.from_numpy(np.array(seqs.times, dtype=np.float64))
+        save_file(tensors, str(tmp / "sequences.safetensors"))
+        (tmp / "info.json").write_text(json.dumps(art.info, indent=2, default=_jsonable))
     return final
 
 

@@ -145,6 +145,8 @@ def _epoch_printer(quiet: bool) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise SeqrecError(f"{args.out}: exists and is not a directory; choose another --out")
     data = read_dataset(args)
     print_dataset(data)
     split = make_split(data, args.split, args.valid_time, args.test_time)
@@ -161,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{args.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
     results[args.model] = rec.evaluate(ks=args.k)
     rec.info["test_metrics"] = results[args.model]
+    rec.info.update(valid_time=args.valid_time, test_time=args.test_time)
     rec.info["baseline_test_metrics"] = results.get("popular")
     names = [f"{m}@{k}" for k in args.k for m in ("HR", "NDCG", "MRR")]
     print(f"\ntest metrics (full ranking over {data.n_items:,} items, seen items excluded):")

@@ -30,7 +30,8 @@ class IdMap:
     def _index(self) -> pd.Index:
         return pd.Index(self.external)
 
-    def to_internal(self, ids: Sequence[Any] | np.ndarray, strict: bool = True, kind: str = "id") -> np.ndarray:
+    def to_internal(self, ids: Sequence[Any] | np.ndarray, strict: bool = True,
+                    kind: str = "id") -> np.ndarray:
         """Internal indices of ``ids``; unknown ids raise (strict) or map to -1."""
         values = np.asarray(coerce_like(self.external, ids))
         pos = self._index.get_indexer(values)

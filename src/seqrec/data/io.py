@@ -43,9 +43,8 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def _first_line(path: Path) -> str:
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
-        return str(fh.readline())
+    lines = _head_lines(path, 1)
+    return lines[0] if lines else ""
 
 
 def _is_gzip(path: Path) -> bool:
@@ -63,9 +62,24 @@ def detect_format(path: Path) -> str:
     if name.endswith(".dat") or name == "u.data":
         return "movielens"
     first = _first_line(path).strip()
-    if "\t" not in first and "," not in first and ";" not in first and len(first.split()) > 3:
-        return "user-per-line"
+    if "\t" not in first and "," not in first and ";" not in first:
+        # whitespace-separated: a long first line, or lines of different lengths (a first
+        # user with one or two items), mean `user item item ...`
+        counts = {len(line.split()) for line in _head_lines(path, 50) if line.strip()}
+        if len(first.split()) > 3 or len(counts) > 1:
+            return "user-per-line"
     return "csv"
+
+
+def _head_lines(path: Path, n: int) -> list[str]:
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        return [str(line) for _, line in zip(range(n), fh, strict=False)]
+
+
+def _compression(path: Path) -> str | None:
+    """Gzip by content, not by name: a gzipped file need not end in .gz."""
+    return "gzip" if _is_gzip(path) else None
 
 
 def _sniff_sep(line: str) -> str:
@@ -104,9 +118,8 @@ def read_log(path: str | Path, options: ReadOptions | None = None) -> pd.DataFra
 def _read_csv(path: Path, opts: ReadOptions) -> pd.DataFrame:
     sep = opts.sep or _sniff_sep(_first_line(path))
     engine = "python" if len(sep) > 1 else "c"
-    frame = pd.read_csv(
-        path, sep=sep, header=0 if opts.header else None, engine=engine, dtype=str, compression="infer"
-    )
+    frame = pd.read_csv(path, sep=sep, header=0 if opts.header else None, engine=engine, dtype=str,
+                        compression=_compression(path))
     if not opts.header:
         frame.columns = [str(c) for c in range(frame.shape[1])]
     return _select(frame, opts, path)
@@ -115,9 +128,11 @@ def _read_csv(path: Path, opts: ReadOptions) -> pd.DataFrame:
 def _read_movielens(path: Path) -> pd.DataFrame:
     first = _first_line(path)
     sep = "::" if "::" in first else "\t"
-    frame = pd.read_csv(path, sep=sep, header=None, engine="python", dtype=str, compression="infer")
+    frame = pd.read_csv(path, sep=sep, header=None, engine="python", dtype=str,
+                        compression=_compression(path))
     if frame.shape[1] < 4:
-        raise DataError(f"{path}: MovieLens files have 4 columns user, item, rating, time; found {frame.shape[1]}")
+        raise DataError(f"{path}: MovieLens files have 4 columns user, item, rating, time; "
+                        f"found {frame.shape[1]}")
     frame = frame.iloc[:, :4]
     frame.columns = ["user", "item", "rating", "time"]
     return frame
@@ -125,7 +140,7 @@ def _read_movielens(path: Path) -> pd.DataFrame:
 
 def _read_inter(path: Path, opts: ReadOptions) -> pd.DataFrame:
     """RecBole atomic file: a tab-separated header of ``name:type`` fields."""
-    frame = pd.read_csv(path, sep="\t", header=0, dtype=str, compression="infer")
+    frame = pd.read_csv(path, sep="\t", header=0, dtype=str, compression=_compression(path))
     frame.columns = [str(c).split(":")[0] for c in frame.columns]
     defaults = ReadOptions(user_col="user_id", item_col="item_id", time_col="timestamp", rating_col=None)
     chosen = ReadOptions(

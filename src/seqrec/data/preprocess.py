@@ -16,7 +16,7 @@ from seqrec.errors import DataError
 @dataclass(frozen=True)
 class PreprocessOptions:
     min_rating: float | None = None  # keep rows with rating >= this (implicit feedback)
-    dedupe: bool = True  # drop exact duplicate (user, item, time) rows
+    dedupe: bool = True  # drop exact duplicate (user, item, time) rows; needs a time column
     drop_consecutive_repeats: bool = False  # a user's item equal to their previous item
     user_core: int = 0  # iterative k-core: users with at least this many events
     item_core: int = 0  # ... and items with at least this many events
@@ -85,9 +85,15 @@ def _parse_ids(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     text = col.astype("string").str.strip()
     present = text.notna() & (text != "") & (text.str.lower() != "nan")
     nums = pd.to_numeric(text.where(present), errors="coerce")
-    numeric_ok = nums.notna() & (nums == nums.round())
-    if present.sum() and numeric_ok.sum() >= 0.5 * present.sum():
-        return nums.fillna(0).to_numpy(dtype=np.float64).astype(np.int64), numeric_ok.to_numpy()
+    numeric_ok = (nums.notna() & (nums == nums.round())).to_numpy(dtype=bool)
+    # A float64 holds integers exactly only up to 2**53: larger ids must not pass through
+    # one (two ids would merge), and ids beyond int64 stay strings.
+    is_int = pd.api.types.is_integer_dtype(nums.dtype)
+    limit = 2**63 - 1 if is_int else 2**53 - 1
+    exact = numeric_ok & (nums.abs() <= limit).fillna(False).to_numpy(dtype=bool)
+    if present.sum() and exact.sum() >= 0.5 * present.sum() and not (numeric_ok & ~exact).any():
+        values = nums.where(exact, 0).to_numpy(dtype=np.int64 if is_int else np.float64)
+        return values.astype(np.int64), exact
     return text.fillna("").to_numpy(dtype=object), present.to_numpy()
 
 
@@ -161,7 +167,7 @@ def build_dataset(frame: pd.DataFrame, opts: PreprocessOptions | None = None, na
         report.add(f"rating below {opts.min_rating}", int(low.sum()))
         df = df[~low]
     time_cols = ["time"] if "time" in df else []
-    if opts.dedupe:
+    if opts.dedupe and time_cols:  # without time a repeated (user, item) may be a real repeat
         dup = df.duplicated(subset=["user", "item", *time_cols]).to_numpy()
         report.add("exact duplicate", int(dup.sum()))
         df = df[~dup]
@@ -173,8 +179,8 @@ def build_dataset(frame: pd.DataFrame, opts: PreprocessOptions | None = None, na
         rep = np.concatenate(([False], same))
         report.add("consecutive repeat", int(rep.sum()))
         df = df[~rep].reset_index(drop=True)
-    u_codes, u_uniques = pd.factorize(df["user"], sort=True)
-    i_codes, i_uniques = pd.factorize(df["item"], sort=True)
+    u_codes, _ = pd.factorize(df["user"], sort=True)
+    i_codes, _ = pd.factorize(df["item"], sort=True)
     core = k_core(u_codes, i_codes, opts.user_core, opts.item_core)
     report.add(f"k-core (users >= {opts.user_core}, items >= {opts.item_core})", int((~core).sum()))
     df = df[core].reset_index(drop=True)
@@ -190,7 +196,8 @@ def _to_dataset(df: pd.DataFrame, name: str, report: PreprocessReport,
     u_codes, u_uniques = pd.factorize(df["user"], sort=True)
     i_codes, i_uniques = pd.factorize(df["item"], sort=True)
     lengths = np.bincount(u_codes, minlength=len(u_uniques))
-    times = df["time"].to_numpy(dtype=np.float64) if "time" in df else None
+    # a copy: under pandas copy-on-write to_numpy gives a read-only view, which torch warns about
+    times = df["time"].to_numpy(dtype=np.float64, copy=True) if "time" in df else None
     # df is sorted by user then time, and factorize(sort=True) keeps that order
     seqs = Sequences.from_lengths(lengths, i_codes.astype(np.int64) + 1, times)
     item_ext = np.asarray(i_uniques)

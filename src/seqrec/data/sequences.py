@@ -30,7 +30,8 @@ class Sequences:
         return self.items[self.offsets[u] : self.offsets[u + 1]]
 
     @classmethod
-    def from_lengths(cls, lengths: np.ndarray, items: np.ndarray, times: np.ndarray | None = None) -> Sequences:
+    def from_lengths(cls, lengths: np.ndarray, items: np.ndarray,
+                     times: np.ndarray | None = None) -> Sequences:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return cls(offsets, items.astype(np.int64), times)

@@ -72,7 +72,8 @@ def temporal(data: Dataset, valid_time: float, test_time: float) -> Split:
     valid = _targets_at(seqs, n_before_valid, limit=n_before_test)
     test = _targets_at(seqs, n_before_test, limit=seqs.lengths)
     if len(test) == 0:
-        raise DataError(f"no user has an event at or after the test cutoff {test_time} with history before it")
+        raise DataError(f"no user has an event at or after the test cutoff {test_time} "
+                        "with history before it")
     return Split(train, valid, test, data.n_items, "temporal")
 
 

@@ -57,7 +57,7 @@ def all_metrics(ranks: np.ndarray, ks: tuple[int, ...], top_items: np.ndarray | 
 def expected_rank(scores: np.ndarray, target: int) -> float:
     """Reference (slow, one row) rank of ``scores[target]`` under the tie policy."""
     s = scores[target]
-    if not np.isfinite(s):
+    if np.isnan(s) or s == float("-inf"):  # excluded or unrankable: a miss, as in ranks_from_scores
         return float("inf")
     higher = int(np.sum(scores > s))
     ties = int(np.sum(scores == s)) - 1

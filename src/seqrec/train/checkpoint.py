@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from seqrec.atomic import atomic_dir
 from seqrec.errors import ArtifactError
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary directory beside ``final``; commit it with :func:`commit_dir`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace ``final`` with ``tmp``; a reader sees the old or the new directory, never half."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def state_to_tensors(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -70,13 +50,12 @@ def _unkey(k: Any) -> Any:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, best: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, loop_state: dict[str, Any]) -> None:
-    tmp = atomic_dir(path)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
-    opt_tensors, opt_skeleton = state_to_tensors(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"loop": loop_state, "optimizer": opt_skeleton}))
-    commit_dir(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        opt_tensors, opt_skeleton = state_to_tensors(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"loop": loop_state, "optimizer": opt_skeleton}))
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer

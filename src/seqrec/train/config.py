@@ -13,6 +13,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # never applied to embeddings, biases or norms
     grad_clip: float | None = 5.0
     patience: int = 5  # epochs without validation improvement before stopping
+    max_seconds: float | None = None  # stop after the epoch in which this much training time has passed
     seed: int = 0
     max_len: int = 50
     sliding: bool = True  # cut long training sequences into windows (every event a target once)

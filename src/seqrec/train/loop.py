@@ -107,7 +107,7 @@ class Trainer:
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
-            if bad >= cfg.patience:
+            if bad >= cfg.patience or (cfg.max_seconds is not None and result.seconds >= cfg.max_seconds):
                 break
             t0 = time.perf_counter()
             loss = self._epoch(batches, opt, epoch, total_steps)

@@ -1,0 +1,106 @@
+"""Train one model on one dataset, evaluate by full ranking on the test split, save a JSON.
+
+    python benchmarks/run.py --dataset amazon-beauty-bert4rec --model sasrec --loss ce --max-minutes 25
+
+Results go to benchmarks/results/<dataset>-<model>[-<tag>].json with the exact command.
+Leave-one-out, full ranking over the whole catalog, already-seen items excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import seqrec
+from seqrec.datasets import load_dataset
+
+ROOT = Path(__file__).resolve().parent
+DATA_ROOT = ROOT.parent.parent / "shared" / "data"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="amazon-beauty-bert4rec")
+    p.add_argument("--model", default="sasrec")
+    p.add_argument("--tag", default="", help="suffix for the result file name")
+    p.add_argument("--loss", default="ce")
+    p.add_argument("--negatives", type=int, default=1)
+    p.add_argument("--sampler", default="uniform")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--mask-prob", type=float, default=0.2)
+    p.add_argument("--no-sliding", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--n-layers", type=int)
+    p.add_argument("--n-heads", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse()
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    data = load_dataset(args.dataset, DATA_ROOT)
+    split = seqrec.leave_one_out(data)
+    cfg = seqrec.TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
+        n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
+        sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu")
+    params = {k: getattr(args, k) for k in ("dim", "hidden", "n_layers", "n_heads", "dropout")
+              if getattr(args, k) is not None}
+    rec = seqrec.Recommender(args.model, cfg, **params)
+
+    def show(row: dict[str, float]) -> None:
+        print(f"epoch {int(row['epoch'])} loss {row['loss']:.4f} valid NDCG@10 {row.get('valid_NDCG@10', 0):.4f} "
+              f"{row['seconds']:.1f}s", flush=True)
+
+    result = rec.fit(data, split, progress=False, on_epoch=show)
+    t_eval = time.perf_counter()
+    test = rec.evaluate(ks=(5, 10, 20))
+    eval_seconds = time.perf_counter() - t_eval
+    epochs = [r["seconds"] for r in result.history if r["epoch"] > 0]
+    out = {
+        "dataset": args.dataset, "model": args.model, "loss": args.loss, "tag": args.tag,
+        "protocol": "leave-one-out, full ranking over all items, seen items excluded",
+        "test": {k: v for k, v in test.items() if k.split("@")[0] in ("HR", "NDCG", "MRR", "coverage")},
+        "best_valid_NDCG@10": result.best_metric, "best_epoch": result.best_epoch,
+        "epochs_run": len(epochs), "train_seconds": result.seconds,
+        "median_epoch_seconds": statistics.median(epochs) if epochs else 0.0,
+        "test_eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "n_parameters": rec.info.get("n_parameters"),
+        "train_config": cfg.__dict__, "model_params": params, "history": result.history,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    name = f"{args.dataset}-{args.model}" + (f"-{args.tag}" if args.tag else "")
+    path = ROOT / "results" / f"{name}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out["test"], indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
