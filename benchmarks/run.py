@@ -8,6 +8,12 @@ Leave-one-out, full ranking over the whole catalog, already-seen items excluded.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: sleeping (not spinning) idle threads, so that a second process on
+# this 2-core machine does not turn every small parallel region into a 30x slowdown.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import platform

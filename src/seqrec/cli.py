@@ -91,6 +91,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     g.add_argument("--no-sliding", action="store_true", help="one training window per user (most recent)")
+    g.add_argument("--no-bucket", action="store_true", help="do not batch windows by length (slower, same loss)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--out", type=Path, help="artifact directory to write")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -118,7 +119,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
                        n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
                        objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
-                       schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, device=args.device)
+                       schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, bucket=not args.no_bucket,
+                       device=args.device)
 
 
 def model_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,21 +49,40 @@ def gather_windows(seqs: Sequences, users: np.ndarray, ends: np.ndarray, width: 
 class TrainBatches:
     """Shuffled next-item training batches, rebuilt from a seed each epoch."""
 
-    def __init__(self, train: Sequences, max_len: int, batch_size: int, sliding: bool = True) -> None:
+    BUCKET_SPAN = 64  # batches drawn together, then grouped by length
+
+    def __init__(self, train: Sequences, max_len: int, batch_size: int, sliding: bool = True,
+                 bucket: bool = False) -> None:
         users, ends = window_ends(train, max_len, sliding)
         self.windows = torch.from_numpy(gather_windows(train, users, ends, max_len + 1))  # (R, L + 1)
-        self.batch_size = batch_size
+        self.lengths = (self.windows > 0).sum(1)  # (R,) events in each window
+        self.batch_size, self.bucket = batch_size, bucket
 
     def __len__(self) -> int:
         return -(-self.windows.shape[0] // self.batch_size)
 
     def epoch(self, generator: torch.Generator) -> Iterator[SequenceBatch]:
-        order = torch.randperm(self.windows.shape[0], generator=generator)
-        for start in range(0, len(order), self.batch_size):
-            w = self.windows[order[start : start + self.batch_size]]  # (B, L + 1)
+        for rows in self._batches(generator):
+            w = self.windows[rows]  # (B, L + 1)
+            if self.bucket:  # drop the columns that are padding in every row: less encoder work
+                w = w[:, w.shape[1] - int(self.lengths[rows].max()) :]
             items = w[:, :-1]
             targets = torch.where(items > 0, w[:, 1:], 0)
             yield SequenceBatch(items, targets, (items > 0).sum(1))
+
+    def _batches(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """Row indices of each batch. With bucketing, windows of similar length share a batch:
+        a random span of BUCKET_SPAN batches is sorted by length, cut, and the batches shuffled."""
+        order = torch.randperm(self.windows.shape[0], generator=generator)
+        if not self.bucket:
+            return list(order.split(self.batch_size))
+        span = self.batch_size * self.BUCKET_SPAN
+        batches: list[torch.Tensor] = []
+        for chunk in order.split(span):
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches.extend(chunk.split(self.batch_size))
+        shuffle = torch.randperm(len(batches), generator=generator)
+        return [batches[i] for i in shuffle.tolist()]
 
 
 def eval_inputs(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor:

@@ -95,7 +95,7 @@ class Trainer:
         model, cfg = self.model.to(self.device), self.cfg
         if not model.trainable:
             return self._fit_statistics()
-        batches = TrainBatches(self.split.train, cfg.max_len, cfg.batch_size, cfg.sliding)
+        batches = TrainBatches(self.split.train, cfg.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
         if len(batches) == 0:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
