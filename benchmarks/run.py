@@ -57,13 +57,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--n-layers", type=int)
     p.add_argument("--n-heads", type=int)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     return p.parse_args()
 
 
 def main() -> int:
     args = parse()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset, DATA_ROOT)
     split = seqrec.leave_one_out(data)

@@ -62,7 +62,7 @@ def coerce_like(reference: np.ndarray, ids: Sequence[Any] | np.ndarray) -> np.nd
         for i, v in enumerate(arr.tolist()):
             try:
                 out[i] = int(str(v))
-            except ValueError:
+            except (ValueError, OverflowError):
                 continue
         return out
     return np.asarray([str(v) for v in arr.tolist()], dtype=object)

@@ -30,5 +30,5 @@ class TrainConfig:
     bf16: bool = False
     device: str = "auto"
     valid_metric: str = "NDCG@10"
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
     exclude_seen: bool = True

@@ -1,0 +1,21 @@
+"""GET /v1/items/{item_id}/similar: nearest items by cosine of the model's item embeddings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from seqrec.serve.routes.deps import ERRORS_READ, ReadKey, ServiceDep
+from seqrec.serve.routes.recommendations import scored_out
+from seqrec.serve.schemas import ID_PATTERN, MAX_K, SimilarItemsOut
+
+router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[ReadKey], responses=ERRORS_READ)
+
+
+@router.get("/{item_id}/similar", response_model=SimilarItemsOut, summary="Items similar to an item")
+def similar_items(service: ServiceDep,
+                  item_id: Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN)],
+                  k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> SimilarItemsOut:
+    item, items = service.similar(item_id, k)
+    return SimilarItemsOut(model_version=service.version, item_id=item, items=scored_out(items))

@@ -1,0 +1,237 @@
+"""What the service does, independent of HTTP: events in, recommendations out, users forgotten.
+
+The HTTP layer (api.py, routes/) only translates; everything here can be called and tested
+directly. Errors are typed so the HTTP layer can map them to status codes.
+
+Two worker threads do the heavy lifting, each through a :class:`MicroBatcher`:
+
+* the scorer reads the histories of all queued recommendation requests and ranks them with one
+  forward pass;
+* the writer appends all queued event posts in one transaction, so one fsync covers them all
+  (group commit) while each post is still acknowledged only once it is durable.
+
+``submit_*`` methods return futures (the async HTTP handlers await them without a thread hop);
+the plain methods wait for the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqrec.artifact import load_artifact
+from seqrec.errors import SeqrecError
+from seqrec.serve.batching import MicroBatcher
+from seqrec.serve.index import ExternalId, ModelIndex, Ranked, ScoreRequest, model_version
+from seqrec.serve.metrics import Metrics
+from seqrec.serve.settings import ServeSettings
+from seqrec.serve.store import Event, EventStore, StoreError, open_store
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class ServeError(SeqrecError):
+    """A request the service cannot answer; ``code`` is a stable machine-readable name."""
+
+    code = "bad_request"
+
+
+class NotFound(ServeError):
+    code = "not_found"
+
+
+class Invalid(ServeError):
+    code = "invalid_request"
+
+
+@dataclass(frozen=True)
+class EventInput:
+    user_id: ExternalId
+    item_id: ExternalId
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: ExternalId
+    score: float
+    title: str | None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[Scored]
+    history_length: int  # known history items (the model reads the last max_len; all are excluded)
+    unknown_items: int  # history entries the model does not know (skipped)
+
+
+@dataclass(frozen=True)
+class EventsAdded:
+    accepted: int
+    unknown_item_ids: list[str]  # distinct, in order of first appearance
+
+
+@dataclass(frozen=True)
+class _UserQuery:
+    user_id: ExternalId
+    k: int
+    exclude_seen: bool
+
+
+@dataclass(frozen=True)
+class _HistoryQuery:
+    request: ScoreRequest
+    unknown: int
+
+
+class Service:
+    def __init__(self, index: ModelIndex, store: EventStore, history_cap: int = 200,
+                 max_score_batch: int = 64, clock: Callable[[], float] = time.time) -> None:
+        self.index = index
+        self.store = store
+        self.history_cap = history_cap
+        self.clock = clock
+        self.metrics = Metrics(index.model_name, index.version, store.kind)
+        self._scorer = MicroBatcher(self._score_batch, max_score_batch, self.metrics.observe_batch,
+                                    name="seqrec-scorer")
+        self._writer = MicroBatcher(self._write_batch, 256, name="seqrec-writer")
+
+    @property
+    def version(self) -> str:
+        return self.index.version
+
+    def close(self) -> None:
+        self._scorer.close()
+        self._writer.close()
+        self.store.close()
+
+    # ---- writes ---------------------------------------------------------------------------
+    def submit_events(self, events: Sequence[EventInput]) -> Future[EventsAdded]:
+        now = self.clock()
+        users, items = self.index.users, self.index.items
+        stored = [Event(users.canonical(e.user_id), items.canonical(e.item_id),
+                        now if e.timestamp is None else float(e.timestamp)) for e in events]
+        return self._writer.submit(stored)
+
+    def add_events(self, events: Sequence[EventInput]) -> EventsAdded:
+        return self.submit_events(events).result()
+
+    def _write_batch(self, posts: list[list[Event]]) -> list[EventsAdded | Exception]:
+        """One transaction for every queued post: all of them are durable, or none is."""
+        self.store.append([e for post in posts for e in post], self.history_cap)
+        out: list[EventsAdded | Exception] = []
+        for post in posts:
+            unknown = [e.item_id for e in post if self.index.items.internal(e.item_id) < 0]
+            self.metrics.add("events_stored", len(post))
+            self.metrics.add("events_unknown_item", len(unknown))
+            out.append(EventsAdded(len(post), list(dict.fromkeys(unknown))))
+        return out
+
+    def forget(self, user_id: ExternalId) -> int:
+        """Erase the user's events; a user from the training data also stops getting their
+        artifact history. Returns the number of stored events erased."""
+        canonical = self.index.users.canonical(user_id)
+        in_artifact = self.index.users.internal(canonical) >= 0
+        n = self.store.forget(canonical, tombstone=in_artifact)
+        self.metrics.add("users_forgotten")
+        return n
+
+    # ---- reads ----------------------------------------------------------------------------
+    def submit_user(self, user_id: ExternalId, k: int, exclude_seen: bool = True) -> Future[Recommendations]:
+        self._check_k(k, self.index.n_items)
+        return self._scorer.submit(_UserQuery(user_id, k, exclude_seen))
+
+    def recommend_user(self, user_id: ExternalId, k: int, exclude_seen: bool = True) -> Recommendations:
+        return self.submit_user(user_id, k, exclude_seen).result()
+
+    def submit_history(self, history: Sequence[ExternalId], k: int, exclude: Sequence[ExternalId] = (),
+                       exclude_seen: bool = True) -> Future[Recommendations]:
+        self._check_k(k, self.index.n_items)
+        items = self.index.items
+        internal = items.internal_many([items.canonical(i) for i in history])
+        known = internal[internal > 0]  # no cap: the schema bounds it, and offline uses it whole
+        if not len(known):
+            raise Invalid("none of the history items are known to the model; check the item ids")
+        banned = items.internal_many([items.canonical(i) for i in exclude])
+        request = ScoreRequest(known, k, exclude_seen, banned[banned > 0])
+        return self._scorer.submit(_HistoryQuery(request, int((internal < 0).sum())))
+
+    def recommend_history(self, history: Sequence[ExternalId], k: int, exclude: Sequence[ExternalId] = (),
+                          exclude_seen: bool = True) -> Recommendations:
+        return self.submit_history(history, k, exclude, exclude_seen).result()
+
+    def user_history(self, user_id: ExternalId) -> tuple[np.ndarray, int]:
+        """(internal item ids oldest first; number of unknown items skipped).
+
+        The artifact history is used whole, as offline recommendation does (so every item seen in
+        training stays excluded); the cap bounds the posted events, which grow without end.
+        """
+        canonical = self.index.users.canonical(user_id)
+        state = self.store.user_state(canonical, self.history_cap)
+        user = self.index.users.internal(canonical)
+        from_artifact = user >= 0 and not state.forgotten
+        if not from_artifact and not state.items:
+            raise NotFound(f"unknown user {canonical!r}: not in the training data and no events posted; "
+                           "POST /v1/events first")
+        posted = self.index.items.internal_many(state.items)
+        base = self.index.artifact_history(user) if from_artifact else _EMPTY
+        history = np.concatenate([base, posted[posted > 0]])
+        return history, int((posted < 0).sum())
+
+    def _prepare(self, query: _UserQuery | _HistoryQuery) -> _HistoryQuery:
+        if isinstance(query, _HistoryQuery):
+            return query
+        history, unknown = self.user_history(query.user_id)
+        if not len(history):
+            raise Invalid(f"user {str(query.user_id)!r} has only events on items the model does not know; "
+                          "nothing to score from")
+        return _HistoryQuery(ScoreRequest(history, query.k, query.exclude_seen, _EMPTY), unknown)
+
+    def _score_batch(self, queries: list[_UserQuery | _HistoryQuery]) -> list[Recommendations | Exception]:
+        """Runs on the scorer thread: read the histories, then one forward pass for all of them."""
+        prepared: list[_HistoryQuery | Exception] = []
+        for q in queries:
+            try:
+                prepared.append(self._prepare(q))
+            except (ServeError, StoreError) as exc:  # fails this request only
+                prepared.append(exc)
+        ready = [p for p in prepared if isinstance(p, _HistoryQuery)]
+        ranked = iter(self.index.score([p.request for p in ready]) if ready else [])
+        return [p if isinstance(p, Exception) else
+                Recommendations(self._scored(next(ranked)), len(p.request.history), p.unknown) for p in prepared]
+
+    def similar(self, item_id: ExternalId, k: int) -> tuple[ExternalId, list[Scored]]:
+        """(the item's id as the artifact spells it, its k nearest items)."""
+        self._check_k(k, self.index.n_items - 1)
+        items = self.index.items
+        item = items.internal(items.canonical(item_id))
+        if item < 0:
+            raise NotFound(f"unknown item {items.canonical(item_id)!r}: it was not in the training data")
+        return items.external_of(item), self._scored(self.index.similar(item, k))
+
+    def ping(self) -> None:
+        self.store.ping()
+
+    @staticmethod
+    def _check_k(k: int, limit: int) -> None:
+        if not 1 <= k <= limit:
+            raise Invalid(f"k={k} must be between 1 and {limit} (the number of items that can be returned)")
+
+    def _scored(self, ranked: Ranked) -> list[Scored]:
+        ix = self.index
+        return [Scored(ix.items.external_of(i), float(s), ix.title(i))
+                for i, s in zip(ranked.items.tolist(), ranked.scores.tolist(), strict=True)]
+
+
+def build_service(settings: ServeSettings) -> Service:
+    """Load the artifact and open the store; a bad artifact or unreachable store raises a
+    SeqrecError here, at start-up, rather than on the first request."""
+    artifact = load_artifact(settings.artifact)
+    index = ModelIndex(artifact, model_version(Path(settings.artifact), artifact.model_name))
+    store = open_store(settings.store)
+    return Service(index, store, settings.history_cap, settings.max_score_batch)

@@ -1,0 +1,272 @@
+"""Per-user event state behind one small Protocol: SQLite (default) or Redis.
+
+Stores keep raw external item ids, not model indices, so one store outlives a retrained
+model and items unknown today can be scored once a new artifact knows them.
+
+A forgotten user who was in the artifact's training data gets a tombstone so that their
+artifact history is not served again; the tombstone is a salted HMAC, never the id itself,
+so the bytes on disk hold no trace of the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any, Protocol
+
+from seqrec.errors import SeqrecError
+from seqrec.serve.settings import sqlite_path
+
+
+class StoreError(SeqrecError):
+    """The state store cannot be reached or refused an operation."""
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str  # canonical external user id
+    item_id: str  # canonical external item id (may be unknown to the model)
+    timestamp: float  # unix seconds; stored, while order is arrival order
+
+
+@dataclass(frozen=True)
+class UserState:
+    items: list[str]  # posted item ids, oldest first, at most the cap
+    forgotten: bool  # the user asked to be forgotten: ignore their artifact history
+
+
+class EventStore(Protocol):
+    kind: str
+
+    def append(self, events: Sequence[Event], cap: int) -> None:
+        """Append atomically (all or nothing), then keep each user's last ``cap`` events."""
+
+    def user_state(self, user_id: str, limit: int) -> UserState: ...
+
+    def forget(self, user_id: str, tombstone: bool) -> int:
+        """Erase every event of the user (from disk too); return how many there were."""
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str) -> EventStore:
+    if url.startswith("sqlite://"):
+        return SQLiteStore(sqlite_path(url))
+    return RedisStore(url)
+
+
+def _tombstone(salt: bytes, user_id: str) -> str:
+    return hmac.new(salt, user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _by_user(events: Sequence[Event]) -> Iterator[tuple[str, list[Event]]]:
+    """Events grouped by user, first appearance order, arrival order kept within a user."""
+    order = {e.user_id: i for i, e in reversed(list(enumerate(events)))}
+    ranked = sorted(events, key=lambda e: order[e.user_id])  # stable: keeps arrival order
+    for user, group in groupby(ranked, key=lambda e: e.user_id):
+        yield user, list(group)
+
+
+# ---- SQLite ---------------------------------------------------------------------------------
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+                                   ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, id);
+CREATE TABLE IF NOT EXISTS forgotten (user_hash TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore:
+    """WAL mode, ``synchronous=FULL``: an event acknowledged with a 2xx survives ``kill -9``.
+
+    One writer connection behind a lock (SQLite has one writer anyway) and one reader
+    connection per thread, which WAL lets run beside the writer.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.executescript(_SCHEMA)
+            self._salt = self._load_salt()
+        except sqlite3.Error as exc:
+            raise StoreError(f"--store sqlite:///{path}: cannot open the database ({exc})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions, so a reader never pins an old snapshot
+        # that would stop the checkpoint after a delete.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten with zeros
+        return conn
+
+    def _load_salt(self) -> bytes:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)", (secrets.token_bytes(32),))
+            row = conn.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
+        return bytes(row[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")  # returns once the WAL is fsynced (synchronous=FULL)
+            except sqlite3.Error as exc:  # disk full, read-only file, ...: the whole batch is rolled back
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def append(self, events: Sequence[Event], cap: int) -> None:
+        with self._transaction() as conn:
+            conn.executemany("INSERT INTO events (user_id, item_id, ts) VALUES (?, ?, ?)",
+                             [(e.user_id, e.item_id, e.timestamp) for e in events])
+            for user, _ in _by_user(events):
+                conn.execute("DELETE FROM events WHERE user_id = ?1 AND id < (SELECT id FROM events "
+                             "WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (user, cap - 1))
+
+    def user_state(self, user_id: str, limit: int) -> UserState:
+        conn = self._reader()
+        try:
+            rows = conn.execute("SELECT item_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                                (user_id, limit)).fetchall()
+            gone = conn.execute("SELECT 1 FROM forgotten WHERE user_hash = ?",
+                                (_tombstone(self._salt, user_id),)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return UserState([r[0] for r in reversed(rows)], gone is not None)
+
+    def forget(self, user_id: str, tombstone: bool) -> int:
+        with self._transaction() as conn:
+            n = conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            if tombstone:
+                conn.execute("INSERT OR IGNORE INTO forgotten VALUES (?)", (_tombstone(self._salt, user_id),))
+        self._checkpoint()
+        return int(n)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: the erased rows leave the WAL file too."""
+        for _ in range(50):
+            with self._lock:
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.02)  # a reader is mid-statement; it finishes within milliseconds
+        raise StoreError(f"{self.path}: could not checkpoint the WAL after a delete; readers kept it busy")
+
+    def ping(self) -> None:
+        self._reader().execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in [*self._readers, self._writer]:
+                conn.close()
+            self._readers.clear()
+
+
+# ---- Redis ----------------------------------------------------------------------------------
+class RedisStore:
+    """A list per user (``RPUSH`` + ``LTRIM`` in one MULTI); durability is the server's setting
+    (``appendonly yes``, ``appendfsync always`` for the same guarantee as SQLite)."""
+
+    kind = "redis"
+    prefix = "seqrec:"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise SeqrecError("--store redis:// needs the redis client: pip install 'seqrec[serve]'") from None
+        self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
+        self._client: Any = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._url = url
+        try:
+            self._client.set(self.prefix + "salt", secrets.token_bytes(32), nx=True)
+            salt = self._client.get(self.prefix + "salt")
+        except self._errors as exc:
+            raise StoreError(f"--store {url}: cannot reach Redis ({exc})") from None
+        if not isinstance(salt, bytes):
+            raise StoreError(f"--store {url}: the key {self.prefix}salt holds no salt; is the prefix used?")
+        self._salt = salt
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.prefix}events:{user_id}"
+
+    def append(self, events: Sequence[Event], cap: int) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        for user, group in _by_user(events):
+            pipe.rpush(self._key(user), *[f"{e.timestamp!r} {e.item_id}" for e in group])
+            pipe.ltrim(self._key(user), -cap, -1)
+        self._run(pipe)
+
+    def user_state(self, user_id: str, limit: int) -> UserState:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lrange(self._key(user_id), -limit, -1)
+        pipe.sismember(self.prefix + "forgotten", _tombstone(self._salt, user_id))
+        raw, gone = self._run(pipe)
+        return UserState([r.decode().split(" ", 1)[1] for r in raw], bool(gone))
+
+    def forget(self, user_id: str, tombstone: bool) -> int:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.llen(self._key(user_id))
+        pipe.delete(self._key(user_id))
+        if tombstone:
+            pipe.sadd(self.prefix + "forgotten", _tombstone(self._salt, user_id))
+        n = self._run(pipe)[0]
+        self._rewrite_aof()
+        return int(n)
+
+    def _rewrite_aof(self) -> None:
+        """With AOF on, the erased events stay in the log until it is rewritten: ask for that now.
+
+        Only when AOF is on: BGREWRITEAOF on a server without AOF would write a file that was not there.
+        """
+        try:
+            if self._client.config_get("appendonly").get("appendonly") == "yes":
+                self._client.bgrewriteaof()
+        except self._errors:
+            pass  # CONFIG may be renamed away; the server's own rewrite policy applies then
+
+    def _run(self, pipe: Any) -> list[Any]:
+        try:
+            return list(pipe.execute())
+        except self._errors as exc:
+            raise StoreError(f"Redis at {self._url}: {exc}") from None
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except self._errors as exc:
+            raise StoreError(f"Redis at {self._url}: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()

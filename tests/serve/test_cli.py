@@ -1,0 +1,91 @@
+"""`seqrec serve` start-up: options, one-line errors for bad artifacts and settings, no training code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import seqrec.serve
+from seqrec.cli import build_parser, main
+from seqrec.serve.settings import settings_from_args
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seqrec: error: "), err
+    return err[0]
+
+
+def test_defaults_bind_loopback_and_read_the_key_from_the_env(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", str(tmp_path)])
+    cfg = settings_from_args(args, {"SEQREC_API_KEY": "k"})
+    assert (cfg.host, cfg.port, cfg.store, cfg.api_key) == ("127.0.0.1", 8000, "sqlite:///seqrec-serve.db", "k")
+    assert cfg.history_cap == 200 and not cfg.read_requires_key and cfg.torch_threads >= 1
+    args = build_parser().parse_args(["serve", str(tmp_path), "--store", "redis://127.0.0.1:6379/2",
+                                      "--history-cap", "50", "--read-requires-key", "--port", "9000"])
+    cfg = settings_from_args(args, {})
+    assert (cfg.store, cfg.history_cap, cfg.read_requires_key, cfg.port, cfg.api_key) == (
+        "redis://127.0.0.1:6379/2", 50, True, 9000, None)
+
+
+def corrupt_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_corrupt_artifact_fails_at_start_up_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                          artifact_dir: Path, tmp_path: Path) -> None:
+    bad = corrupt_copy(artifact_dir, tmp_path / "bad-weights")
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert "corrupt artifact" in one_error_line(capsys, ["serve", str(bad)])
+
+    missing = tmp_path / "nothing-here"
+    assert "no artifact directory" in one_error_line(capsys, ["serve", str(missing)])
+
+    torn = corrupt_copy(artifact_dir, tmp_path / "torn")
+    (torn / "config.json").unlink()
+    assert "missing config.json" in one_error_line(capsys, ["serve", str(torn)])
+
+    mismatched = corrupt_copy(artifact_dir, tmp_path / "mismatched")
+    items = json.loads((mismatched / "items.json").read_text())
+    items["ids"], items["titles"] = items["ids"][:-1], items["titles"][:-1]
+    (mismatched / "items.json").write_text(json.dumps(items))
+    assert "inconsistent artifact" in one_error_line(capsys, ["serve", str(mismatched)])
+
+
+def test_bad_settings_fail_in_one_line(capsys: pytest.CaptureFixture[str], artifact_dir: Path,
+                                       tmp_path: Path) -> None:
+    art = str(artifact_dir)
+    assert "--store" in one_error_line(capsys, ["serve", art, "--store", "postgres://x"])
+    assert ":memory:" in one_error_line(capsys, ["serve", art, "--store", "sqlite:///:memory:"])
+    assert "cannot open" in one_error_line(capsys, ["serve", art, "--store", f"sqlite:///{tmp_path}/no/such/dir.db"])
+    assert "--history-cap" in one_error_line(capsys, ["serve", art, "--history-cap", "0"])
+    (tmp_path / "key").write_text("\n")
+    assert "is empty" in one_error_line(capsys, ["serve", art, "--api-key-file", str(tmp_path / "key")])
+
+
+def serve_sources() -> list[Path]:
+    return sorted(Path(seqrec.serve.__file__).parent.rglob("*.py"))
+
+
+def test_serving_code_never_imports_training_code() -> None:
+    for path in serve_sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n == "seqrec.train" or n.startswith("seqrec.train.")], path
+
+
+def test_loading_the_service_loads_no_training_module() -> None:
+    """Not even indirectly (through seqrec/__init__.py or artifact.py): serving stays light."""
+    code = ("import sys, seqrec.serve.api, seqrec.serve.service; "
+            "print(sorted(m for m in sys.modules if m.startswith('seqrec.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

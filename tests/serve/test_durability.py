@@ -1,0 +1,56 @@
+"""The real server as a subprocess: an event acknowledged with 201 survives `kill -9`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+KEY = "durability-key"
+
+
+def start(artifact: Path, port: int, db: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
+           "--store", f"sqlite:///{db}"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "SEQREC_API_KEY": KEY}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90  # a loaded 2-core box needs a while to import torch
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"seqrec serve exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("seqrec serve did not become healthy in 90 s")
+
+
+def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Path, free_port: int) -> None:
+    db = tmp_path / "events.db"
+    base = f"http://127.0.0.1:{free_port}"
+    proc = start(artifact_dir, free_port, db)
+    try:
+        r = httpx.post(f"{base}/v1/events", json={"user_id": "durable", "item_id": 105},
+                       headers={"X-API-Key": KEY})
+        assert r.status_code == 201
+        assert httpx.get(f"{base}/v1/users/durable/recommendations").json()["history_length"] == 1
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no shutdown hook, no checkpoint: only what was fsynced
+        proc.wait(timeout=10)
+    proc = start(artifact_dir, free_port, db)
+    try:
+        body = httpx.get(f"{base}/v1/users/durable/recommendations").json()
+        assert body["history_length"] == 1
+        assert body["user_id"] == "durable" and len(body["items"]) == 10
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
