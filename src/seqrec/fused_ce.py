@@ -90,5 +90,8 @@ def chunked_ce(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """
     dtype = weight.dtype
     hidden = hidden.to(dtype)  # under autocast the hidden state may be bf16
-    out: torch.Tensor = _TiledCE.apply(hidden, weight, bias.to(dtype) if bias is not None else None, targets, chunk)
+    # The catalog softmax runs in the weights' precision: autocast does not cover in-place addmm_.
+    with torch.autocast(hidden.device.type, enabled=False):
+        out: torch.Tensor = _TiledCE.apply(hidden, weight, bias.to(dtype) if bias is not None else None, targets,
+                                           chunk)
     return out

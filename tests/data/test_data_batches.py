@@ -32,7 +32,7 @@ def epoch(seqs: Sequences, max_len: int, sliding: bool, batch_size: int = 3) -> 
 def test_sliding_windows_make_every_event_but_the_first_a_target_exactly_once(max_len: int) -> None:
     seqs = unique_sequences(LENGTHS)
     counts: Counter[int] = Counter()
-    for items, targets, lengths in epoch(seqs, max_len, sliding=True):
+    for items, targets, lengths, _ in epoch(seqs, max_len, sliding=True):
         assert items.shape[1] == max_len and targets.shape == items.shape
         real = items > 0
         assert torch.equal(lengths, real.sum(1))
@@ -47,7 +47,7 @@ def test_sliding_windows_make_every_event_but_the_first_a_target_exactly_once(ma
 def test_without_sliding_each_user_gives_one_window_of_their_latest_events() -> None:
     seqs = unique_sequences(LENGTHS)
     max_len = 5
-    windows = sorted(tuple(row.tolist()) for items, targets, _ in epoch(seqs, max_len, sliding=False)
+    windows = sorted(tuple(row.tolist()) for items, targets, _, _ in epoch(seqs, max_len, sliding=False)
                      for row in torch.cat([items, targets[:, -1:]], 1))
     want = sorted(tuple(np.pad(seqs.get(u)[-(max_len + 1):], (max_len + 1 - min(n, max_len + 1), 0)).tolist())
                   for u, n in enumerate(LENGTHS) if n >= 2)

@@ -33,7 +33,7 @@ class WindowSumEncoder(SequenceEncoder):
         self.register_buffer("states", torch.from_numpy(states.astype(np.float32)))  # (N + 1, D), row 0 = 0
         self.register_buffer("table", torch.from_numpy(table.astype(np.float32)))  # (N + 1, D)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         return self.states[items].cumsum(1)  # (B, L, D)
 
     def item_embeddings(self) -> torch.Tensor:

@@ -76,7 +76,8 @@ def test_bidirectional_model_sees_the_future() -> None:
 
 
 def test_hstu_time_bias_changes_output_only_when_times_differ() -> None:
-    model = _model("hstu")
+    torch.manual_seed(0)
+    model = create("hstu", n_items=N_ITEMS, max_len=L, dim=16, n_heads=2, use_time=True).eval()
     items = _batch(pad=0)
     with torch.no_grad():
         model.bias.time.normal_()
@@ -84,6 +85,20 @@ def test_hstu_time_bias_changes_output_only_when_times_differ() -> None:
         spaced = model.encode(items, torch.arange(L).float().repeat(5, 1) * 3600)
     assert torch.allclose(model.encode(items, torch.zeros(5, L)), plain)
     assert not torch.allclose(plain, spaced)
+    without = _model("hstu")  # use_time=False (the default) ignores times
+    with torch.no_grad():
+        without.bias.time.normal_()
+        torch.testing.assert_close(without.encode(items, torch.zeros(5, L)), without.encode(items))
+
+
+def test_time_aware_hstu_trains_with_timestamps() -> None:
+    data = markov_dataset(n_users=120, n_items=30, length=12, seed=4)
+    assert data.sequences.times is not None
+    cfg = seqrec.TrainConfig(epochs=2, batch_size=32, lr=5e-3, max_len=10, seed=0)
+    rec = seqrec.Recommender("hstu", cfg, dim=16, use_time=True)
+    result = rec.fit(data, progress=False)
+    assert rec.model is not None and rec.model.bias.time.abs().sum() > 0  # the time bias learned
+    assert result.history[-1]["valid_NDCG@10"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ class SequenceBatch(NamedTuple):
     items: torch.Tensor  # (B, L) input item ids, left-padded with 0, most recent last
     targets: torch.Tensor  # (B, L) next item at each position; 0 = no target there
     lengths: torch.Tensor  # (B,) number of real input items
+    times: torch.Tensor | None = None  # (B, L) float64 event times of the inputs, when the log has them
 
 
 def window_ends(seqs: Sequences, max_len: int, sliding: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -35,14 +36,17 @@ def window_ends(seqs: Sequences, max_len: int, sliding: bool) -> tuple[np.ndarra
     return rows, ends
 
 
-def gather_windows(seqs: Sequences, users: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    """Left-padded (R, width) matrix of the events before ``ends`` of each user."""
+def gather_windows(seqs: Sequences, users: np.ndarray, ends: np.ndarray, width: int,
+                   values: np.ndarray | None = None) -> np.ndarray:
+    """Left-padded (R, width) matrix of the events (or of ``values`` per event, e.g. times)
+    before ``ends`` of each user."""
+    source = seqs.items if values is None else values
     starts = seqs.offsets[users]
     col = np.arange(width)[None, :]
     src = ends[:, None] - (width - col)
     valid = src >= starts[:, None]
-    out = np.zeros((len(users), width), dtype=np.int64)
-    out[valid] = seqs.items[src[valid]]
+    out = np.zeros((len(users), width), dtype=source.dtype)
+    out[valid] = source[src[valid]]
     return out
 
 
@@ -55,6 +59,8 @@ class TrainBatches:
                  bucket: bool = False) -> None:
         users, ends = window_ends(train, max_len, sliding)
         self.windows = torch.from_numpy(gather_windows(train, users, ends, max_len + 1))  # (R, L + 1)
+        self.times = None if train.times is None else torch.from_numpy(
+            gather_windows(train, users, ends, max_len + 1, train.times))  # (R, L + 1) float64
         self.lengths = (self.windows > 0).sum(1)  # (R,) events in each window
         self.batch_size, self.bucket = batch_size, bucket
 
@@ -64,11 +70,13 @@ class TrainBatches:
     def epoch(self, generator: torch.Generator) -> Iterator[SequenceBatch]:
         for rows in self._batches(generator):
             w = self.windows[rows]  # (B, L + 1)
+            t = None if self.times is None else self.times[rows]
             if self.bucket:  # drop the columns that are padding in every row: less encoder work
-                w = w[:, w.shape[1] - int(self.lengths[rows].max()) :]
+                first = w.shape[1] - int(self.lengths[rows].max())
+                w, t = w[:, first:], None if t is None else t[:, first:]
             items = w[:, :-1]
             targets = torch.where(items > 0, w[:, 1:], 0)
-            yield SequenceBatch(items, targets, (items > 0).sum(1))
+            yield SequenceBatch(items, targets, (items > 0).sum(1), None if t is None else t[:, :-1])
 
     def _batches(self, generator: torch.Generator) -> list[torch.Tensor]:
         """Row indices of each batch. With bucketing, windows of similar length share a batch:
@@ -88,3 +96,10 @@ class TrainBatches:
 def eval_inputs(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor:
     """Left-padded (R, max_len) inputs for evaluation rows."""
     return torch.from_numpy(history.padded(max_len, rows))
+
+
+def eval_times(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor | None:
+    """Left-padded (R, max_len) float64 event times for evaluation rows, or None."""
+    if history.times is None:
+        return None
+    return torch.from_numpy(gather_windows(history, rows, history.offsets[rows + 1], max_len, history.times))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seqrec.data.batch import eval_inputs
+from seqrec.data.batch import eval_inputs, eval_times
 from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
@@ -45,7 +45,8 @@ def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray
                     exclude_seen: bool, device: torch.device) -> torch.Tensor:
     """(R, N + 1) catalog scores for the given history rows."""
     inputs = eval_inputs(history, max_len, rows).to(device)
-    scores = model.score(model.encode_last(inputs)).float().cpu()
+    times = eval_times(history, max_len, rows)
+    scores = model.score(model.encode_last(inputs, None if times is None else times.to(device))).float().cpu()
     if exclude_seen:
         mask_seen(scores, history, rows)
     return scores

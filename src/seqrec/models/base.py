@@ -20,8 +20,11 @@ class SequenceEncoder(nn.Module):
     trainable: ClassVar[bool] = True
     config: Any
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, L) item ids -> (B, L, D) hidden states."""
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) item ids [and (B, L) event times in seconds] -> (B, L, D) hidden states.
+
+        Models that do not use time ignore ``times``.
+        """
         raise NotImplementedError
 
     def item_embeddings(self) -> torch.Tensor:
@@ -32,9 +35,9 @@ class SequenceEncoder(nn.Module):
         """(N + 1,) output bias, or None."""
         return None
 
-    def encode_last(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, L) history -> (B, D) state that predicts the next item."""
-        return self.encode(items)[:, -1]
+    def encode_last(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) history [and its times] -> (B, D) state that predicts the next item."""
+        return self.encode(items, times)[:, -1]
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) hidden -> (..., N + 1) scores over the whole catalog (padding at -inf)."""

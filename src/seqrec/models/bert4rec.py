@@ -46,7 +46,7 @@ class BERT4RecEncoder(SequenceEncoder):
         self.bias = nn.Parameter(torch.zeros(c.n_items + 1))
         self.apply(_init)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.config.max_len :]
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
         x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions_from_start(items))
@@ -56,7 +56,7 @@ class BERT4RecEncoder(SequenceEncoder):
             x = block(x, mask) * real
         return self.head(x)
 
-    def encode_last(self, items: torch.Tensor) -> torch.Tensor:
+    def encode_last(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         """Append the mask token (dropping the oldest item if the window is full)."""
         mask = torch.full_like(items[:, :1], self.mask_token)
         return self.encode(torch.cat([items[:, 1:], mask], dim=1))[:, -1]

@@ -35,7 +35,7 @@ class GRU4RecEncoder(SequenceEncoder):
         self.hidden_drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.n_items + 1)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         hidden = run_packed(self.rnn, self.emb_drop(self.item_emb(items)), items)  # (B, L, H)
         return self.hidden_drop(hidden)
 

@@ -29,6 +29,7 @@ class HSTUConfig:
     dropout: float = 0.2
     attn_dim: int | None = None  # per-head query/key size; None: dim / n_heads
     time_buckets: int = 64  # log-spaced buckets of |t_i - t_j| seconds
+    use_time: bool = False  # add the relative time bias when the log has timestamps
 
 
 class RelativeBias(nn.Module):
@@ -99,7 +100,7 @@ class HSTUEncoder(SequenceEncoder):
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
         x = self.drop(self.item_emb(items) * math.sqrt(self.config.dim)) * real
         mask = attention_mask(items, causal=True) & (items > 0)[:, None, None, :]  # no self-loop on pads
-        bias = self.bias(items, times)
+        bias = self.bias(items, times if self.config.use_time else None)
         for layer in self.layers:
             x = layer(x, mask, bias) * real
         return self.final_norm(x)

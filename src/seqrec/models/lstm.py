@@ -33,7 +33,7 @@ class LSTMEncoder(SequenceEncoder):
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, config.n_items + 1)  # the FC layer before softmax
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         return run_packed(self.rnn, self.drop(self.item_emb(items)), items)
 
     def item_embeddings(self) -> torch.Tensor:

@@ -32,7 +32,7 @@ class PopularEncoder(SequenceEncoder):
         counts[0] = 0.0
         self.counts.copy_(torch.from_numpy(counts)[:, None])
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ones(*items.shape, 1, device=items.device)  # (B, L, 1)
 
     def item_embeddings(self) -> torch.Tensor:

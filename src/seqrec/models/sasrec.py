@@ -41,7 +41,7 @@ class SASRecEncoder(SequenceEncoder):
         self.out_emb = None if c.tie_embeddings else nn.Embedding(c.n_items + 1, c.dim, padding_idx=0)
         self.apply(_init)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.config.max_len :]
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
         x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions_from_start(items))

@@ -113,6 +113,10 @@ class ModelIndex:
             problems.append(f"items.json has {len(self.titles)} titles for {len(self.items)} items")
         if problems:
             raise ArtifactError(f"inconsistent artifact: {'; '.join(problems)}; retrain or restore it")
+        if getattr(self.model.config, "use_time", False):
+            # Served scores must equal offline ones; the service does not feed event times yet.
+            raise ArtifactError("this HSTU artifact uses the relative time bias, which serving does not support "
+                                "yet; retrain it without use_time to serve it")
 
     @property
     def n_items(self) -> int:

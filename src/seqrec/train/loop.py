@@ -75,7 +75,8 @@ def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: flo
     none = ~masked.any(1)
     masked[none, -1] = real[none, -1]  # every row predicts at least one item
     inputs = torch.where(masked, mask_token, items)
-    return SequenceBatch(inputs, torch.where(masked, items, 0), real.sum(1))
+    times = None if batch.times is None else torch.cat([batch.times, batch.times[:, -1:]], 1)[:, 1:]
+    return SequenceBatch(inputs, torch.where(masked, items, 0), real.sum(1), times)
 
 
 class Trainer:
@@ -164,8 +165,9 @@ class Trainer:
             mask_token = int(getattr(self.model, "mask_token", 0))
             batch = cloze(batch, self._cloze_window(batch), mask_token, self.cfg.mask_prob, gen)
         items, targets = batch.items.to(self.device), batch.targets.to(self.device)
+        times = None if batch.times is None else batch.times.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            hidden = self.model.encode(items)  # (B, L, D)
+            hidden = self.model.encode(items, times)  # (B, L, D)
             mask = targets > 0
             loss = compute_loss(self.model, hidden[mask], targets[mask], self.loss_cfg, self.sampler, gen)
         opt.zero_grad(set_to_none=True)
