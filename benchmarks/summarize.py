@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SPEED_BEGIN, SPEED_END = "<!-- speed:begin -->", "<!-- speed:end -->"
 
 
 def quality_table() -> str:
@@ -32,12 +33,32 @@ def quality_table() -> str:
     return "\n".join(rows)
 
 
+def speed_tables() -> str:
+    rows = ["| benchmark | result | baseline in the same run | command |", "|---|---|---|---|"]
+    for path in sorted((ROOT / "results").glob("eval-speed-*.json")):
+        r = json.loads(path.read_text())
+        rows.append(f"| full-ranking eval, {r['users']:,} users x {r['items']:,} items | "
+                    f"{r['seqrec_median_s']:.1f} s median ({r['users_per_second']:,.0f} users/s) | "
+                    f"plain: {r['plain_median_s']:.1f} s ({r['speedup_median']:.1f}x slower) | `{r['command']}` |")
+    for path in sorted((ROOT / "results").glob("serving-*.json")):
+        r = json.loads(path.read_text())
+        lat = r["latency"]
+        rows.append(f"| serving {r['name']} (80% reads / 20% writes, {r['mix']['distinct_users']:,} users) | "
+                    f"{r['requests_per_second']:.0f} req/s, p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, "
+                    f"p99 {lat['p99_ms']:.0f} ms, {r['errors']} errors | target 500 req/s, p99 < 25 ms | "
+                    f"`{r['command'][:160]}` |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{quality_table()}\n{END}{tail}")
+    text = f"{head}{BEGIN}\n{quality_table()}\n{END}{tail}"
+    head, rest = text.split(SPEED_BEGIN, 1)
+    _, tail = rest.split(SPEED_END, 1)
+    readme.write_text(f"{head}{SPEED_BEGIN}\n{speed_tables()}\n{SPEED_END}{tail}")
     print(f"updated {readme}")
 
 

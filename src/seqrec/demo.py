@@ -14,7 +14,7 @@ from seqrec.report import metrics_table
 from seqrec.train.config import TrainConfig
 
 # max_seconds keeps the demo within its three-minute promise on a slow or busy machine
-DEMO_CONFIG = TrainConfig(epochs=12, batch_size=128, lr=3e-3, max_len=50, patience=3, seed=0, max_seconds=110)
+DEMO_CONFIG = TrainConfig(epochs=12, batch_size=128, lr=1e-2, max_len=50, patience=3, seed=0, max_seconds=110)
 
 
 def run_demo(out: Path, epochs: int, model: str = "gru4rec", quiet: bool = False) -> int:
