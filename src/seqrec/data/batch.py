@@ -95,7 +95,7 @@ class TrainBatches:
 
 def eval_inputs(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor:
     """Left-padded (R, max_len) inputs for evaluation rows."""
-    return torch.from_numpy(history.padded(max_len, rows))
+    return torch.from_numpy(gather_windows(history, rows, history.offsets[rows + 1], max_len))
 
 
 def eval_times(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tensor | None:

@@ -57,18 +57,6 @@ class Sequences:
         times = None if self.times is None else self.times[idx]
         return Sequences.from_lengths(lengths, self.items[idx], times)
 
-    def padded(self, max_len: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """Left-padded matrix (R, max_len) of the last ``max_len`` items of each row."""
-        rows = np.arange(self.n_users) if rows is None else rows
-        lengths = np.minimum(self.lengths[rows], max_len)
-        ends = self.offsets[rows + 1]
-        out = np.zeros((len(rows), max_len), dtype=np.int64)
-        col = np.arange(max_len)[None, :]
-        valid = col >= (max_len - lengths)[:, None]
-        src = ends[:, None] - (max_len - col)
-        out[valid] = self.items[src[valid]]
-        return out
-
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for each pair, without a Python loop."""

@@ -29,15 +29,9 @@ class EvalConfig:
 
 def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> None:
     """Set the scores of every item in each row's history to -inf, in place."""
-    lengths = history.lengths[rows]
-    starts = history.offsets[rows]
-    total = int(lengths.sum())
-    if total == 0:
-        return
-    batch_row = np.repeat(np.arange(len(rows)), lengths)
-    pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    items = history.items[np.repeat(starts, lengths) + pos]
-    scores[torch.from_numpy(batch_row), torch.from_numpy(items)] = float("-inf")
+    seen = history.subset(rows)  # the rows' histories, concatenated
+    batch_row = np.repeat(np.arange(len(rows)), seen.lengths)
+    scores[torch.from_numpy(batch_row), torch.from_numpy(seen.items)] = float("-inf")
 
 
 @torch.no_grad()
