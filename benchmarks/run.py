@@ -45,6 +45,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
     p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--valid-users", type=int, help="early-stop on a fixed random subset of validation users")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--schedule", default="constant")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -72,7 +75,8 @@ def main() -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
         n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
-        sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu")
+        sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
+        valid_users=args.valid_users, warmup_steps=args.warmup_steps, schedule=args.schedule)
     params = {k: getattr(args, k) for k in ("dim", "hidden", "n_layers", "n_heads", "dropout")
               if getattr(args, k) is not None}
     rec = seqrec.Recommender(args.model, cfg, **params)

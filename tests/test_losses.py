@@ -40,7 +40,9 @@ def test_full_ce_hand_computed() -> None:
     assert chunked_ce(H, E, None, T, chunk=1).item() == pytest.approx(want, rel=1e-6)
 
 
-def test_chunked_ce_matches_plain_loss_and_gradients() -> None:
+@pytest.mark.parametrize("row_chunk", [5, 512])  # several row chunks, and one
+def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("seqrec.fused_ce.ROW_CHUNK", row_chunk)
     torch.manual_seed(0)
     emb, bias = torch.randn(30, 8), torch.randn(30)
     hidden, targets = torch.randn(17, 8), torch.randint(1, 30, (17,))

@@ -1,10 +1,11 @@
 """Full-catalog softmax cross-entropy without materialising the (M, N) logits.
 
-The catalog is processed in tiles of rows x items small enough to stay in the CPU cache:
-a first pass finds each row's log-sum-exp online, a second recomputes each tile's logits and
-forms the softmax gradient there. The loss is a scalar, so the gradients are built in the
-forward pass and backward only rescales them. Writing a (rows x 55k) logits block to memory
-was the bottleneck (the matmul has an inner size of only D = 64); tiling keeps it in cache.
+The catalog is processed in tiles of rows x items small enough to stay in the CPU cache: each
+tile's logits are computed and reduced to a log-sum-exp while in cache, and kept in a reused
+workspace; a second pass turns them into softmax gradients (no recomputed matmul). The loss is
+a scalar, so the gradients are built in the forward pass and backward only rescales them.
+Each tile's matmul (inner size only D = 64) writes into cache-sized, already-mapped memory:
+freshly allocated (rows x 55k) logits were the bottleneck (page faults and memory writes).
 ``full_ce`` in losses.py is the plain reference; a test pins that both agree.
 """
 
@@ -14,29 +15,24 @@ from typing import Any
 
 import torch
 
-ROW_CHUNK = 256
-ITEM_TILE = 2048
+ROW_CHUNK = 512
+ITEM_TILE = 512
+
+_WORKSPACE: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _tile_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
-    logits = h @ weight[lo:hi].T  # (C, T)
-    if bias is not None:
-        logits += bias[lo:hi]
-    if lo == 0:
-        logits[:, 0] = float("-inf")  # padding is never a candidate
-    return logits
+def _workspace(rows: int, n_cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused (rows, n_cols) buffer: a fresh 100 MB tensor per step costs tens of ms in page faults."""
+    key = (rows, n_cols, dtype, device)
+    buf = _WORKSPACE.get(key)
+    if buf is None:
+        _WORKSPACE.clear()  # one shape at a time: the catalog size rarely changes within a process
+        buf = _WORKSPACE[key] = torch.empty(rows, n_cols, dtype=dtype, device=device)
+    return buf
 
 
-def _row_lse(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: int) -> torch.Tensor:
-    """(C,) log-sum-exp over the catalog, accumulated tile by tile (online softmax)."""
-    run_max = torch.full((h.shape[0],), float("-inf"), dtype=h.dtype, device=h.device)
-    run_sum = torch.zeros_like(run_max)
-    for lo in range(0, weight.shape[0], tile):
-        logits = _tile_logits(h, weight, bias, lo, lo + tile)
-        new_max = torch.maximum(run_max, logits.max(1).values).clamp_min(torch.finfo(h.dtype).min)
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(1)
-        run_max = new_max
-    return run_max + torch.log(run_sum)
+def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + tile, n)) for lo in range(0, n, tile)]
 
 
 class _TiledCE(torch.autograd.Function):
@@ -48,22 +44,40 @@ class _TiledCE(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_grad else None
         grad_b = torch.zeros_like(bias) if need_grad and bias is not None else None
         total = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        tiles = _tiles(weight.shape[0], tile)
+        # Tile-major buffer: each (rows x tile) block is contiguous, written once by the matmul
+        # while it is in cache, reduced there, and read back once for the gradients.
+        buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, hidden.dtype, hidden.device)
         for s in range(0, hidden.shape[0], ROW_CHUNK):
             h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
+            c = h.shape[0]
+            blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
+            tile_lse = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
+            for i, (lo, hi) in enumerate(tiles):
+                logits = blocks[i, :, : hi - lo]
+                if hi - lo == tile:
+                    torch.mm(h, weight[lo:hi].T, out=logits)
+                else:
+                    logits.copy_(h @ weight[lo:hi].T)
+                if bias is not None:
+                    logits += bias[lo:hi]
+                if lo == 0:
+                    logits[:, 0] = float("-inf")  # padding is never a candidate
+                torch.logsumexp(logits, 1, out=tile_lse[i])
+            lse = torch.logsumexp(tile_lse, 0)  # (C,)
             target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
-            lse = _row_lse(h, weight, bias, tile)  # (C,)
             total += (lse - target_logit).sum()
             if grad_h is None or grad_w is None:
                 continue
-            rows = torch.arange(len(t), device=t.device)
-            for lo in range(0, weight.shape[0], tile):
-                probs = torch.exp_(_tile_logits(h, weight, bias, lo, lo + tile).sub_(lse[:, None]))  # (C, T)
-                inside = (t >= lo) & (t < lo + tile)
-                probs[rows[inside], t[inside] - lo] -= 1.0  # softmax minus one-hot
-                grad_h[s : s + ROW_CHUNK] += probs @ weight[lo : lo + tile]
-                grad_w[lo : lo + tile].addmm_(probs.T, h)
+            rows = torch.arange(c, device=t.device)
+            for i, (lo, hi) in enumerate(tiles):
+                probs = blocks[i, :, : hi - lo].sub_(lse[:, None]).exp_()  # (C, T) softmax
+                inside = (t >= lo) & (t < hi)
+                probs[rows[inside], t[inside] - lo] -= 1.0  # minus the one-hot target
+                grad_h[s : s + c].addmm_(probs, weight[lo:hi])
+                grad_w[lo:hi].addmm_(probs.T, h)
                 if grad_b is not None:
-                    grad_b[lo : lo + tile] += probs.sum(0)
+                    grad_b[lo:hi] += probs.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.n_rows = hidden.shape[0]
         return total / max(hidden.shape[0], 1)

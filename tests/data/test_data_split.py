@@ -138,3 +138,17 @@ def test_make_split_checks_its_options() -> None:
         make_split(data, "temporal", valid_time=1)
     with pytest.raises(DataError, match="unknown split 'random'"):
         make_split(data, "random")
+
+
+def test_eval_set_sample_is_a_fixed_subset_of_whole_users() -> None:
+    data, _ = unique_item_dataset(seed=1)
+    valid = leave_one_out(data).valid
+    part = valid.sample(5, seed=0)
+    assert len(part) == 5 and part.history.n_users == 5
+    assert np.array_equal(part.users, valid.sample(5, seed=0).users)  # same seed, same users
+    assert np.all(np.diff(part.users) > 0) or len(set(part.users.tolist())) == 5
+    for i, user in enumerate(part.users.tolist()):
+        row = int(np.flatnonzero(valid.users == user)[0])
+        assert part.targets[i] == valid.targets[row]
+        assert np.array_equal(part.history.get(i), valid.history.get(row))
+    assert valid.sample(len(valid) + 10) is valid

@@ -115,3 +115,11 @@ def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split)
     torch.testing.assert_close(losses[0], losses[1])
     epoch_rows = torch.cat(fast._batches(torch.Generator().manual_seed(1)))
     assert sorted(epoch_rows.tolist()) == list(range(fast.windows.shape[0]))
+
+
+def test_validation_on_a_user_subset_is_used_for_early_stopping(split: seqrec.Split) -> None:
+    cfg = dataclasses.replace(CFG, epochs=2, valid_users=30)
+    history, _ = _run(split, cfg)
+    full, _ = _run(split, dataclasses.replace(cfg, valid_users=None))
+    assert [r["loss"] for r in history] == [r["loss"] for r in full]  # training is unchanged
+    assert [r["valid_NDCG@10"] for r in history] != [r["valid_NDCG@10"] for r in full]

@@ -26,6 +26,13 @@ class EvalSet:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    def sample(self, n: int, seed: int = 0) -> EvalSet:
+        """A fixed random subset of ``n`` users (all of them when ``n`` >= len), in original order."""
+        if n >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return EvalSet(self.users[rows], self.history.subset(rows), self.targets[rows])
+
 
 @dataclass(frozen=True)
 class Split:

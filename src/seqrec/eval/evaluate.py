@@ -12,6 +12,7 @@ from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
 from seqrec.eval.metrics import all_metrics
+from seqrec.eval.tiled import top_and_ranks
 from seqrec.models.base import SequenceEncoder
 
 COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
@@ -78,21 +79,44 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
     gen = np.random.default_rng(cfg.seed)
     for start in range(0, len(data), cfg.batch_size):
         rows = np.arange(start, min(start + cfg.batch_size, len(data)))
-        scores = score_histories(model, data.history, rows, max_len, cfg.exclude_seen, device)
         targets = torch.from_numpy(data.targets[rows])
         if cfg.sampled:
+            scores = score_histories(model, data.history, rows, max_len, cfg.exclude_seen, device)
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
             continue
-        all_ranks.append(ranks_from_scores(scores, targets).numpy())
-        top = torch.topk(scores, kmax, dim=1)
-        # excluded (-inf) items fill a short list but are not recommended: 0 is not counted
-        all_top.append(torch.where(top.values == float("-inf"), 0, top.indices).numpy())
+        top, batch_ranks = _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
+        all_ranks.append(batch_ranks.numpy())
+        all_top.append(top.numpy())  # 0 = no item (fewer than K rankable): never counted
     model.train(was_training)
     ranks = np.concatenate(all_ranks) if all_ranks else np.zeros(0)
     if cfg.sampled:
         return all_metrics(ranks, cfg.ks, prefix=f"sampled_{cfg.sampled}{cfg.n_negatives}_")
     top_items = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
     return all_metrics(ranks, cfg.ks, top_items, n_items)
+
+
+def _tiled_ranks(model: SequenceEncoder, data: EvalSet, rows: np.ndarray, targets: torch.Tensor, max_len: int,
+                 exclude_seen: bool, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
+    inputs = eval_inputs(data.history, max_len, rows).to(device)
+    times = eval_times(data.history, max_len, rows)
+    hidden = model.encode_last(inputs, None if times is None else times.to(device)).float().cpu()
+    bias = model.item_bias()
+    if exclude_seen:
+        seen = data.history.subset(rows)
+        seen_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), seen.lengths))
+        seen_items = torch.from_numpy(seen.items).long()
+    else:
+        seen_rows = seen_items = torch.zeros(0, dtype=torch.long)
+
+    def exact(sub: torch.Tensor) -> torch.Tensor:
+        picked = rows[sub.numpy()]
+        full = score_histories(model, data.history, picked, max_len, exclude_seen, device)
+        return ranks_from_scores(full, targets[sub])
+
+    return top_and_ranks(hidden, model.item_embeddings().detach().float().cpu(),
+                         None if bias is None else bias.detach().float().cpu(), targets.long(),
+                         seen_rows, seen_items, k, exact)
 
 
 def _sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, cfg: EvalConfig, gen: np.random.Generator,

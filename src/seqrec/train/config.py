@@ -30,5 +30,6 @@ class TrainConfig:
     bf16: bool = False
     device: str = "auto"
     valid_metric: str = "NDCG@10"
+    valid_users: int | None = None  # early stopping on a fixed random subset of validation users (None: all)
     eval_batch_size: int = 256
     exclude_seen: bool = True

@@ -91,6 +91,7 @@ class Trainer:
         self.item_counts = counts
         self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
+        self.valid = split.valid if cfg.valid_users is None else split.valid.sample(cfg.valid_users, cfg.seed)
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
@@ -186,7 +187,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         k = int(self.cfg.valid_metric.split("@")[1]) if "@" in self.cfg.valid_metric else 10
         cfg = EvalConfig(ks=(k,), exclude_seen=self.cfg.exclude_seen, batch_size=self.cfg.eval_batch_size)
-        metrics = evaluate(self.model, self.split.valid, self.cfg.max_len, cfg, self.device)
+        metrics = evaluate(self.model, self.valid, self.cfg.max_len, cfg, self.device)
         return {f"valid_{name}": v for name, v in metrics.items() if not name.startswith(("coverage", "Recall"))}
 
 

@@ -1,0 +1,161 @@
+"""How far is a SASRec training step from this machine's matrix-multiply limit, and where does the time go?
+
+    python benchmarks/roofline.py --threads 2 --steps 60
+
+1. Measures achievable matmul throughput (fp32 and bf16, GFLOP/s; median of repeats) for a
+   large square product and for the output layer's shape (rows x 64 @ 64 x items).
+2. Times ``--steps`` real training steps of SASRec (64-d, 2 blocks, full cross-entropy) on
+   amazon-beauty-bert4rec batches, split into phases (batch, encoder forward, loss with its
+   gradients, encoder backward, clip + optimiser), counts FLOPs (torch's FlopCounterMode for
+   the encoder, 6 M N D for the output layer), and projects the epoch time.
+3. Writes benchmarks/results/roofline-<threads>t.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import seqrec
+from seqrec.data.batch import TrainBatches
+from seqrec.datasets import load_dataset
+from seqrec.losses import LossConfig, compute_loss
+from seqrec.models.registry import create
+from seqrec.train.loop import param_groups
+
+ROOT = Path(__file__).resolve().parent
+DATA_ROOT = ROOT.parent.parent / "shared" / "data"
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 7) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def peaks() -> dict[str, float]:
+    out = {}
+    for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        # bf16 has no native matmul on AVX2-only CPUs and runs tens of times slower: smaller sizes
+        side = 4096 if tag == "fp32" else 1024
+        out[f"square_{side}_{tag}"] = matmul_gflops(side, side, side, dtype, 3)
+        out[f"output_layer_256x64x2048_{tag}"] = matmul_gflops(256, 64, 2048, dtype, 21)
+        if tag == "fp32":
+            out["output_layer_512x64x54543_fp32"] = matmul_gflops(512, 64, 54543, dtype, 3)
+    return out
+
+
+def profile_steps(args: argparse.Namespace) -> dict[str, object]:
+    data = load_dataset(args.dataset, DATA_ROOT)
+    split = seqrec.leave_one_out(data)
+    model = create("sasrec", n_items=split.n_items, max_len=50, dropout=0.3)
+    batches = TrainBatches(split.train, 50, args.batch_size, sliding=True, bucket=True)
+    n_targets = int((batches.lengths - 1).clamp(min=0).sum())
+    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3)
+    cfg = LossConfig("ce")
+    phases: dict[str, list[float]] = defaultdict(list)
+    enc_flops, targets_seen = 0, 0
+    gen = torch.Generator().manual_seed(0)
+    it = iter(batches.epoch(gen))
+    model.train()
+    for step in range(args.steps + 3):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        counter = FlopCounterMode(display=False) if step == 3 else None
+        if counter is not None:
+            counter.__enter__()
+        hidden = model.encode(batch.items)
+        mask = batch.targets > 0
+        h = hidden[mask]
+        h_leaf = h.detach().requires_grad_()
+        t2 = time.perf_counter()
+        if counter is not None:
+            counter.__exit__(None, None, None)
+        loss = compute_loss(model, h_leaf, batch.targets[mask], cfg, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        h.backward(h_leaf.grad)
+        t4 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        t5 = time.perf_counter()
+        if counter is not None:
+            enc_flops_step = counter.get_total_flops()
+            enc_flops = 3 * enc_flops_step / int(mask.sum())  # forward + backward ~ 3x forward, per target
+        if step >= 3:  # skip warm-up steps
+            for name, dt in (("batch", t1 - t0), ("encoder_forward", t2 - t1), ("loss_with_grads", t3 - t2),
+                             ("encoder_backward", t4 - t3), ("clip_and_optimizer", t5 - t4)):
+                phases[name].append(dt)
+            targets_seen += int(mask.sum())
+    total = {k: sum(v) for k, v in phases.items()}
+    step_seconds = sum(total.values())
+    per_target = step_seconds / targets_seen
+    n, d = split.n_items, 64
+    ce_flops_per_target = 6 * n * d
+    epoch_flops = n_targets * (ce_flops_per_target + enc_flops)
+    return {
+        "n_items": n, "targets_per_epoch": n_targets, "batches_per_epoch": len(batches),
+        "steps_timed": args.steps, "targets_timed": targets_seen,
+        "phase_share": {k: v / step_seconds for k, v in total.items()},
+        "phase_ms_per_step": {k: 1000 * statistics.median(v) for k, v in phases.items()},
+        "projected_epoch_seconds": per_target * n_targets,
+        "output_layer_tflop_per_epoch": n_targets * ce_flops_per_target / 1e12,
+        "encoder_tflop_per_epoch": n_targets * enc_flops / 1e12,
+        "achieved_gflops_whole_step": epoch_flops / (per_target * n_targets) / 1e9,
+        "achieved_gflops_loss_phase": targets_seen * ce_flops_per_target / total["loss_with_grads"] / 1e9,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="amazon-beauty-bert4rec")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = peaks()
+    step = profile_steps(args)
+    fp32_peak = peak["square_4096_fp32"]
+    limit = (float(step["output_layer_tflop_per_epoch"]) + float(step["encoder_tflop_per_epoch"])) * 1e3 / fp32_peak
+    out = {
+        "matmul_gflops": peak, "sasrec_step": step,
+        "epoch_limit_seconds_fp32": limit,
+        "ratio_to_limit": float(step["projected_epoch_seconds"]) / limit,
+        "fraction_of_fp32_peak": float(step["achieved_gflops_whole_step"]) / fp32_peak,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path = ROOT / "results" / f"roofline-{args.threads}t.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

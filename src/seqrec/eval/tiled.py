@@ -1,0 +1,70 @@
+"""Full-catalog ranking without materialising the (users x items) score matrix.
+
+Scores are computed in (rows x ITEM_TILE) tiles that stay in cache; each tile has the seen
+items masked, gives up its top-k candidates and, where the target lies in it, the target's
+score (read from the tile itself, so the comparison uses bit-identical numbers). The merged
+top-k then decides every rank up to k exactly. Only rows whose target ties with the k-th
+candidate need more (ties may run past the list): they are re-ranked over the whole row by
+the plain reference, :func:`seqrec.eval.evaluate.ranks_from_scores`. Ranks beyond k are
+reported as ``inf``: no metric at a cut-off <= k can tell them apart from misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+ITEM_TILE = 2048
+
+
+def _seen_by_tile(seen_rows: torch.Tensor, seen_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(seen_items)
+    return seen_rows[order], seen_items[order]
+
+
+def top_and_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                  seen_rows: torch.Tensor, seen_items: torch.Tensor, k: int,
+                  full_rows: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, k) top item ids (0 where fewer than k items are rankable) and (R,) target ranks.
+
+    hidden (R, D), weight (N + 1, D), bias (N + 1,) or None, targets (R,); ``seen_rows`` /
+    ``seen_items`` list the (row, item) pairs excluded from ranking; ``full_rows(rows)`` gives
+    the exact expected ranks of the listed rows (the slow path for ties at the k-th place).
+    """
+    R, n1 = hidden.shape[0], weight.shape[0]
+    rows_sorted, items_sorted = _seen_by_tile(seen_rows, seen_items)
+    target_score = torch.full((R,), float("nan"), dtype=torch.float32)
+    cand_vals, cand_ids = [], []
+    buf = torch.empty(R, ITEM_TILE, dtype=torch.float32)
+    for lo in range(0, n1, ITEM_TILE):
+        hi = min(lo + ITEM_TILE, n1)
+        scores = buf[:, : hi - lo]
+        if hi - lo == ITEM_TILE:
+            torch.mm(hidden, weight[lo:hi].T, out=scores)
+        else:
+            scores.copy_(hidden @ weight[lo:hi].T)
+        if bias is not None:
+            scores += bias[lo:hi]
+        if lo == 0:
+            scores[:, 0] = float("-inf")  # padding
+        a, b = torch.searchsorted(items_sorted, torch.tensor([lo, hi])).tolist()
+        scores[rows_sorted[a:b], items_sorted[a:b] - lo] = float("-inf")
+        inside = torch.nonzero((targets >= lo) & (targets < hi)).squeeze(1)
+        target_score[inside] = scores[inside, targets[inside] - lo]
+        vals, ids = torch.topk(scores, min(k, hi - lo), dim=1)
+        cand_vals.append(vals)
+        cand_ids.append(ids + lo)
+    vals, pos = torch.topk(torch.cat(cand_vals, 1), k, dim=1)  # (R, k), sorted high to low
+    top = torch.where(vals == float("-inf"), 0, torch.cat(cand_ids, 1).gather(1, pos))
+    t = target_score[:, None]
+    higher = (vals > t).sum(1)
+    ties = (vals == t).sum(1) - 1  # the target is in the list whenever its rank is <= k
+    ranks = torch.where(higher + ties + 1 < k, 1.0 + higher + ties / 2.0, torch.inf).double()
+    # The list is full of items scoring >= the target: the rank is > k unless the k-th ties it.
+    miss = torch.isnan(target_score) | (target_score == float("-inf"))
+    ambiguous = torch.nonzero((vals[:, -1] == target_score) & (higher < k) & ~miss).squeeze(1)
+    if len(ambiguous):
+        exact = full_rows(ambiguous)
+        ranks[ambiguous] = torch.where(exact <= k, exact, torch.inf).double()
+    return top, torch.where(miss, torch.inf, ranks)
