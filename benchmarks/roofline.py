@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -65,7 +66,7 @@ def peaks() -> dict[str, float]:
     return out
 
 
-def profile_steps(args: argparse.Namespace) -> dict[str, object]:
+def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.dataset, DATA_ROOT)
     split = seqrec.leave_one_out(data)
     model = create("sasrec", n_items=split.n_items, max_len=50, dropout=0.3)
@@ -74,7 +75,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, object]:
     opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3)
     cfg = LossConfig("ce")
     phases: dict[str, list[float]] = defaultdict(list)
-    enc_flops, targets_seen = 0, 0
+    enc_flops, targets_seen = 0.0, 0
     gen = torch.Generator().manual_seed(0)
     it = iter(batches.epoch(gen))
     model.train()

@@ -7,12 +7,16 @@ Numbers are copied from the JSON files written by benchmarks/run.py; nothing is 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SPEED_BEGIN, SPEED_END = "<!-- speed:begin -->", "<!-- speed:end -->"
+PEERS_BEGIN, PEERS_END = "<!-- peers:begin -->", "<!-- peers:end -->"
+ROOF_BEGIN, ROOF_END = "<!-- roofline:begin -->", "<!-- roofline:end -->"
 
 
 def quality_table() -> str:
@@ -50,15 +54,61 @@ def speed_tables() -> str:
     return "\n".join(rows)
 
 
+def peers_tables() -> str:
+    """The harness's own table (benchmarks/peers/run.py) for each peers-*.json, with its command."""
+    sys.path.insert(0, str(ROOT / "peers"))
+    spec = importlib.util.spec_from_file_location("peers_run", ROOT / "peers" / "run.py")
+    assert spec is not None and spec.loader is not None
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    parts = []
+    for path in sorted((ROOT / "results").glob("peers-*.json")):
+        r = json.loads(path.read_text())
+        parts.append(f"`{path.name}`: `{r['command']}` ({r['threads']} thread(s) per tool, cap "
+                     f"{r['cap_minutes']} min; ran beside: {r['ran_beside'] or 'nothing noted'})\n\n"
+                     + peers.table(r["runs"], r["ratios_peer_over_seqrec"]))
+    return "\n\n".join(parts)
+
+
+def roofline_table() -> str:
+    rows = ["| measurement | value | command |", "|---|---|---|"]
+    for path in sorted((ROOT / "results").glob("roofline-*.json")):
+        r = json.loads(path.read_text())
+        s, cmd = r["sasrec_step"], f"`{r['command']}`"
+        peak = ", ".join(f"{k} {v:.1f}" for k, v in r["matmul_gflops"].items())
+        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["phase_share"].items())
+        rows += [f"| matmul GFLOP/s ({r['machine']}) | {peak} | {cmd} |",
+                 f"| SASRec epoch, projected from {s['steps_timed']} steps | {s['projected_epoch_seconds']:.0f} s "
+                 f"({s['targets_per_epoch']:,} targets, {s['batches_per_epoch']} batches) | {cmd} |",
+                 f"| hardware limit (output layer {s['output_layer_tflop_per_epoch']:.2f} + encoder "
+                 f"{s['encoder_tflop_per_epoch']:.2f} TFLOP at the fp32 square-matmul peak) | "
+                 f"{r['epoch_limit_seconds_fp32']:.0f} s; ours is {r['ratio_to_limit']:.1f}x the limit, "
+                 f"{100 * r['fraction_of_fp32_peak']:.0f}% of peak | {cmd} |",
+                 f"| where a step's time goes | {share} | {cmd} |"]
+    for path in sorted((ROOT / "results").glob("presets*.json")):
+        r = json.loads(path.read_text())
+        for x in r["rows"]:
+            rows.append(f"| {x['model']} --size {x['size']}: one training step ({x['optimizer']}) | "
+                        f"{x['parameters']:,} parameters ({x['block_parameters']:,} in the layers), "
+                        f"step {x['step_seconds']:.1f} s, loss finite: {x['finite']} | `{r['command']}` |")
+    return "\n".join(rows)
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str:
+    if begin not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def main() -> None:
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    text = f"{head}{BEGIN}\n{quality_table()}\n{END}{tail}"
-    head, rest = text.split(SPEED_BEGIN, 1)
-    _, tail = rest.split(SPEED_END, 1)
-    readme.write_text(f"{head}{SPEED_BEGIN}\n{speed_tables()}\n{SPEED_END}{tail}")
+    text = _replace(readme.read_text(), BEGIN, END, quality_table())
+    text = _replace(text, SPEED_BEGIN, SPEED_END, speed_tables())
+    text = _replace(text, PEERS_BEGIN, PEERS_END, peers_tables())
+    text = _replace(text, ROOF_BEGIN, ROOF_END, roofline_table())
+    readme.write_text(text)
     print(f"updated {readme}")
 
 

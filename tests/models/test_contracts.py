@@ -124,3 +124,23 @@ def test_seeded_tiny_fit_beats_popular_and_round_trips(name: str, markov, tmp_pa
     np.testing.assert_array_equal(a["item_id"].to_numpy(), b["item_id"].to_numpy())
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=0, atol=0)
     assert loaded.evaluate(ks=(10,)) == ours
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "hstu"])
+def test_size_presets_build_and_take_a_training_step(name: str, size: str) -> None:
+    """The larger presets (large, xl, xxl) take their step in benchmarks/presets.py."""
+    from seqrec.models.layers import SIZES
+    from seqrec.models.registry import build_model, make_config
+    from seqrec.train.loop import fit
+
+    torch.manual_seed(0)
+    model = build_model(name, make_config(name, size=size, n_items=N_ITEMS, max_len=L))
+    dim, n_layers, _ = SIZES[size]
+    assert model.item_embeddings().shape == (N_ITEMS + 1, dim)
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    assert [len(m) for m in stacks] == [n_layers]
+    split = seqrec.leave_one_out(markov_dataset(n_users=16, n_items=N_ITEMS, length=8, seed=0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, split, seqrec.TrainConfig(epochs=1, batch_size=8, max_len=L, device="cpu"), progress=False)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
