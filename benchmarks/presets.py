@@ -54,7 +54,8 @@ def one_step(name: str, size: str, n_items: int, batch: int, length: int, optimi
     opt.step()
     step = time.perf_counter() - t1
     return {"model": name, "size": size, "parameters": model.n_parameters(), "block_parameters": blocks,
-            "build_seconds": built, "step_seconds": step, "loss": float(loss), "finite": bool(torch.isfinite(loss)),
+            "build_seconds": built, "step_seconds": step, "loss": float(loss.detach()),
+            "finite": bool(torch.isfinite(loss.detach())),
             "optimizer": optimizer, "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

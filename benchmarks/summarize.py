@@ -66,7 +66,7 @@ def peers_tables() -> str:
         r = json.loads(path.read_text())
         parts.append(f"`{path.name}`: `{r['command']}` ({r['threads']} thread(s) per tool, cap "
                      f"{r['cap_minutes']} min; ran beside: {r['ran_beside'] or 'nothing noted'})\n\n"
-                     + peers.table(r["runs"], r["ratios_peer_over_seqrec"]))
+                     + peers.table(r["runs"], peers.ratios(r["runs"])))  # ratios recomputed by the current rules
     return "\n\n".join(parts)
 
 

@@ -103,21 +103,39 @@ def run_worker(tool: str, data: Path, raw: Path, args: argparse.Namespace) -> di
     with log.open("w") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, cwd=str(raw),
                                 start_new_session=True)
-        try:
-            code: int | None = proc.wait(timeout=cap)
-            killed = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own process group only
-            proc.wait()
-            code, killed = None, True
+        code: int | None = None
+        killed, polled_rss = False, 0.0
+        while code is None:
+            polled_rss = max(polled_rss, _vm_hwm_mb(proc.pid))
+            try:
+                code = proc.wait(timeout=min(2.0, max(0.01, cap - (time.perf_counter() - t0))))
+            except subprocess.TimeoutExpired:
+                if time.perf_counter() - t0 >= cap:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the worker's own process group only
+                    proc.wait()
+                    killed = True
+                    break
     wall = time.perf_counter() - t0
     children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     summary = summarize(tool, out, wall, killed, code, cap)
     summary["children_max_rss_mb_so_far"] = children_rss
+    summary["polled_peak_rss_mb"] = polled_rss  # the worker's VmHWM, read every 2 s while it ran
+    summary["peak_rss_mb"] = max(summary["peak_rss_mb"] or 0.0, polled_rss) or None
     if code not in (0, None):
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         print(f"[peers] {tool}: worker failed (exit {code}): {tail[0] if tail else ''}", flush=True)
     return summary
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory of a running process (Linux /proc), 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def summarize(tool: str, path: Path, wall: float, killed: bool, code: int | None, cap: float) -> dict[str, Any]:
@@ -162,9 +180,17 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
                 "eval_speed": _div(peer["test_eval_seconds"], mine["test_eval_seconds"]),
                 "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
-                "memory": _div(peer["peak_rss_mb"], mine["peak_rss_mb"]),
+                "memory": _div(_peak(peer), _peak(mine)),
             })
     return out
+
+
+def _peak(run: dict[str, Any]) -> float | None:
+    """Peak RSS, or None when only the start-up value is known (killed before any progress line,
+    by a harness version that did not yet poll the worker's VmHWM)."""
+    if run.get("polled_peak_rss_mb"):
+        return float(run["peak_rss_mb"])
+    return run["peak_rss_mb"] if run["epochs_run"] or not run["killed_at_cap"] else None
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -179,7 +205,7 @@ def _f(x: float | None, fmt: str = ".4f", bound: bool = False) -> str:
 
 def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
     lines = ["| round | tool | version | epochs | s/epoch | s to valid NDCG@10≥0.030 | best valid | test NDCG@10 "
-             "| test HR@10 | test eval s | peak RSS MB |", "|" + "---|" * 11]
+             "| test HR@10 | test eval s | peak RSS MB | children max RSS so far MB |", "|" + "---|" * 12]
     for r in runs:
         ttq = r["seconds_to_valid_NDCG@10>=0.030"]
         ttq_s = _f(ttq, ".0f") if ttq is not None else f"> cap ({r['wall_seconds']:.0f})" if r["killed_at_cap"] \
@@ -187,7 +213,7 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['round']} | {r['tool']} | {r['version']} | {r['epochs_run']} "
                      f"| {_f(r['median_epoch_seconds'], '.1f')} | {ttq_s} | {_f(r['best_valid_NDCG@10'])} "
                      f"| {_f(r['test_NDCG@10'])} | {_f(r['test_HR@10'])} | {_f(r['test_eval_seconds'], '.1f')} "
-                     f"| {_f(r['peak_rss_mb'], '.0f')} |")
+                     f"| {_f(r['peak_rss_mb'], '.0f')} | {_f(r.get('children_max_rss_mb_so_far'), '.0f')} |")
     if rat:
         lines += ["", "| round | peer | time-to-quality (peer/seqrec) | eval speed | epoch time | memory |",
                   "|---|---|---|---|---|---|"]
