@@ -1,6 +1,7 @@
 """What every worker shares: arguments, thread setup, and the append-only progress file.
 
-Standard library only: it is imported by workers in three different virtual environments.
+Standard library only at import time (torch is imported inside ``start``, after the thread
+variables are set): it is imported by workers in three different virtual environments.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ def set_threads(n: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def start(description: str) -> tuple[argparse.Namespace, Progress]:
+    """What every worker does first: arguments, threads (environment, then torch), the progress file."""
+    args = parse(description)
+    set_threads(args.threads)
+    import torch  # every worker's environment has torch; imported only after the thread variables
+
+    torch.set_num_threads(args.threads)
+    return args, Progress(args.out)
 
 
 def peak_rss_mb() -> float:

@@ -17,8 +17,7 @@ class OverBudget(Exception):
 
 
 def main() -> int:
-    args = common.parse(__doc__ or "")
-    common.set_threads(args.threads)
+    args, progress = common.start(__doc__ or "")
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     import numpy as np
     import recbole
@@ -29,8 +28,6 @@ def main() -> int:
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    torch.set_num_threads(args.threads)
-    progress = common.Progress(args.out)
     settings: dict[str, Any] = {
         "data_path": str(args.data / "recbole"), "dataset": "beauty",
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",

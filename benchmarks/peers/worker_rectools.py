@@ -17,8 +17,7 @@ import common
 
 
 def main() -> int:
-    args = common.parse(__doc__ or "")
-    common.set_threads(args.threads)
+    args, progress = common.start(__doc__ or "")
     import numpy as np
     import pandas as pd
     import rectools
@@ -27,8 +26,6 @@ def main() -> int:
     from rectools.dataset import Dataset
     from rectools.models import SASRecModel
 
-    torch.set_num_threads(args.threads)
-    progress = common.Progress(args.out)
     ev = pd.read_csv(args.data / "events.txt", sep=" ", header=None, names=[Columns.User, Columns.Item])
     ev[Columns.Weight] = 1.0
     ev[Columns.Datetime] = pd.Timestamp("2000-01-01") + pd.to_timedelta(np.arange(len(ev)), unit="s")

@@ -11,8 +11,7 @@ import common
 
 
 def main() -> int:
-    args = common.parse(__doc__ or "")
-    common.set_threads(args.threads)
+    args, progress = common.start(__doc__ or "")
     import torch
 
     import seqrec
@@ -20,8 +19,6 @@ def main() -> int:
     from seqrec.data.preprocess import build_dataset
     from seqrec.datasets import KNOWN
 
-    torch.set_num_threads(args.threads)
-    progress = common.Progress(args.out)
     frame = read_log(args.data / "events.txt", KNOWN["amazon-beauty-bert4rec"].read)
     data = build_dataset(frame, name="peers", source=str(args.data / "events.txt"), header_rows=0)
     split = seqrec.leave_one_out(data)

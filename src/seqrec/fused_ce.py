@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from seqrec.models.base import score_tile
+
 ROW_CHUNK = 512
 ITEM_TILE = 512
 
@@ -54,15 +56,7 @@ class _TiledCE(torch.autograd.Function):
             blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
             tile_lse = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
             for i, (lo, hi) in enumerate(tiles):
-                logits = blocks[i, :, : hi - lo]
-                if hi - lo == tile:
-                    torch.mm(h, weight[lo:hi].T, out=logits)
-                else:
-                    logits.copy_(h @ weight[lo:hi].T)
-                if bias is not None:
-                    logits += bias[lo:hi]
-                if lo == 0:
-                    logits[:, 0] = float("-inf")  # padding is never a candidate
+                logits = score_tile(blocks[i, :, : hi - lo], h, weight, bias, lo, hi)
                 torch.logsumexp(logits, 1, out=tile_lse[i])
             lse = torch.logsumexp(tile_lse, 0)  # (C,)
             target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)

@@ -28,20 +28,31 @@ class EvalConfig:
     seed: int = 0
 
 
-def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> None:
-    """Set the scores of every item in each row's history to -inf, in place."""
+def seen_pairs(history: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch row, item) of every item in the given rows' histories."""
     seen = history.subset(rows)  # the rows' histories, concatenated
     batch_row = np.repeat(np.arange(len(rows)), seen.lengths)
-    scores[torch.from_numpy(batch_row), torch.from_numpy(seen.items)] = float("-inf")
+    return torch.from_numpy(batch_row), torch.from_numpy(seen.items).long()
+
+
+def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> None:
+    """Set the scores of every item in each row's history to -inf, in place."""
+    scores[seen_pairs(history, rows)] = float("-inf")
+
+
+def encode_rows(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
+                device: torch.device) -> torch.Tensor:
+    """(R, D) next-item states of the given history rows (with their event times, when known)."""
+    inputs = eval_inputs(history, max_len, rows).to(device)
+    times = eval_times(history, max_len, rows)
+    return model.encode_last(inputs, None if times is None else times.to(device))
 
 
 @torch.no_grad()
 def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
                     exclude_seen: bool, device: torch.device) -> torch.Tensor:
     """(R, N + 1) catalog scores for the given history rows."""
-    inputs = eval_inputs(history, max_len, rows).to(device)
-    times = eval_times(history, max_len, rows)
-    scores = model.score(model.encode_last(inputs, None if times is None else times.to(device))).float().cpu()
+    scores = model.score(encode_rows(model, history, rows, max_len, device)).float().cpu()
     if exclude_seen:
         mask_seen(scores, history, rows)
     return scores
@@ -98,16 +109,10 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
 def _tiled_ranks(model: SequenceEncoder, data: EvalSet, rows: np.ndarray, targets: torch.Tensor, max_len: int,
                  exclude_seen: bool, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
-    inputs = eval_inputs(data.history, max_len, rows).to(device)
-    times = eval_times(data.history, max_len, rows)
-    hidden = model.encode_last(inputs, None if times is None else times.to(device)).float().cpu()
+    hidden = encode_rows(model, data.history, rows, max_len, device).float().cpu()
     bias = model.item_bias()
-    if exclude_seen:
-        seen = data.history.subset(rows)
-        seen_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), seen.lengths))
-        seen_items = torch.from_numpy(seen.items).long()
-    else:
-        seen_rows = seen_items = torch.zeros(0, dtype=torch.long)
+    none = torch.zeros(0, dtype=torch.long)
+    seen_rows, seen_items = seen_pairs(data.history, rows) if exclude_seen else (none, none)
 
     def exact(sub: torch.Tensor) -> torch.Tensor:
         picked = rows[sub.numpy()]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from seqrec.models.base import score_tile
+
 ITEM_TILE = 2048
 
 
@@ -39,15 +41,7 @@ def top_and_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     buf = torch.empty(R, ITEM_TILE, dtype=torch.float32)
     for lo in range(0, n1, ITEM_TILE):
         hi = min(lo + ITEM_TILE, n1)
-        scores = buf[:, : hi - lo]
-        if hi - lo == ITEM_TILE:
-            torch.mm(hidden, weight[lo:hi].T, out=scores)
-        else:
-            scores.copy_(hidden @ weight[lo:hi].T)
-        if bias is not None:
-            scores += bias[lo:hi]
-        if lo == 0:
-            scores[:, 0] = float("-inf")  # padding
+        scores = score_tile(buf[:, : hi - lo], hidden, weight, bias, lo, hi)
         a, b = torch.searchsorted(items_sorted, torch.tensor([lo, hi])).tolist()
         scores[rows_sorted[a:b], items_sorted[a:b] - lo] = float("-inf")
         inside = torch.nonzero((targets >= lo) & (targets < hi)).squeeze(1)

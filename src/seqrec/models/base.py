@@ -52,6 +52,21 @@ class SequenceEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def score_tile(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               lo: int, hi: int) -> torch.Tensor:
+    """Write the scores of items ``lo:hi`` into ``out`` (R, hi - lo), as :meth:`SequenceEncoder.score`
+    would give them (padding item 0 at -inf), without allocating a new (R, hi - lo) block."""
+    if out.is_contiguous():
+        torch.mm(hidden, weight[lo:hi].T, out=out)
+    else:  # a column slice of a wider buffer (the catalog's last, partial tile)
+        out.copy_(hidden @ weight[lo:hi].T)
+    if bias is not None:
+        out += bias[lo:hi]
+    if lo == 0:
+        out[:, 0] = float("-inf")  # padding is never a candidate
+    return out
+
+
 def left_to_right(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) left-padded -> right-padded (real items first), by rolling each row."""
     L = x.shape[1]
