@@ -46,6 +46,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--valid-users", type=int, help="early-stop on a fixed random subset of validation users")
+    p.add_argument("--train-rest-valid", action="store_true",
+                   help="with --valid-users: the other users' validation events are training targets")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--schedule", default="constant")
     p.add_argument("--batch-size", type=int, default=128)
@@ -76,7 +78,8 @@ def main() -> int:
         patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
         n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
         sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
-        valid_users=args.valid_users, warmup_steps=args.warmup_steps, schedule=args.schedule)
+        valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
+        warmup_steps=args.warmup_steps, schedule=args.schedule)
     params = {k: getattr(args, k) for k in ("dim", "hidden", "n_layers", "n_heads", "dropout")
               if getattr(args, k) is not None}
     rec = seqrec.Recommender(args.model, cfg, **params)

@@ -72,6 +72,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--grad-clip", type=float, default=5.0)
     g.add_argument("--patience", type=int, default=5, help="early stopping on validation NDCG@10")
     g.add_argument("--valid-users", type=int, help="validate on a fixed random subset of this many users")
+    g.add_argument("--train-rest-valid", action="store_true",
+                   help="with --valid-users: the other users' validation events become training targets")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-len", type=int, default=50)
     g.add_argument("--size", choices=tuple(SIZES), help="size preset for sasrec/bert4rec/hstu (dim, layers, heads)")
@@ -117,13 +119,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         raise SeqrecError("--epochs must be >= 0, --batch-size and --max-len >= 1, --lr > 0")
     if args.valid_users is not None and args.valid_users < 1:
         raise SeqrecError("--valid-users must be >= 1")
+    if args.train_rest_valid and args.valid_users is None:
+        raise SeqrecError("--train-rest-valid needs --valid-users N (the users whose validation events stay held out)")
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, grad_clip=args.grad_clip or None,
                        patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
                        n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
                        objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
                        schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, bucket=not args.no_bucket,
-                       device=args.device, valid_users=args.valid_users)
+                       device=args.device, valid_users=args.valid_users,
+                       train_rest_valid=args.train_rest_valid)
 
 
 def model_params(args: argparse.Namespace) -> dict[str, Any]:

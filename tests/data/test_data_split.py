@@ -152,3 +152,16 @@ def test_eval_set_sample_is_a_fixed_subset_of_whole_users() -> None:
         assert part.targets[i] == valid.targets[row]
         assert np.array_equal(part.history.get(i), valid.history.get(row))
     assert valid.sample(len(valid) + 10) is valid
+
+
+def test_replace_rows_by_hand() -> None:
+    seqs = Sequences.from_lengths(np.array([2, 1, 0, 3]), np.array([1, 2, 3, 4, 5, 6]),
+                                  np.array([10.0, 11, 12, 13, 14, 15]))
+    rows = Sequences.from_lengths(np.array([3, 1]), np.array([9, 8, 7, 6]), np.array([1.0, 2, 3, 4]))
+    out = seqs.replace_rows(np.array([3, 0]), rows)  # unsorted users
+    assert [out.get(u).tolist() for u in range(4)] == [[6], [3], [], [9, 8, 7]]
+    assert out.times is not None and out.times.tolist() == [4.0, 12.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError):
+        seqs.replace_rows(np.array([0, 0]), rows)
+    with pytest.raises(ValueError):
+        seqs.replace_rows(np.array([0, 1]), Sequences.from_lengths(np.array([1, 1]), np.array([1, 2])))

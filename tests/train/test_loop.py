@@ -11,7 +11,7 @@ import torch
 import seqrec
 from seqrec.datasets.synthetic import markov_dataset
 from seqrec.models.registry import create
-from seqrec.train.loop import fit, lr_factor, param_groups
+from seqrec.train.loop import fit, lr_factor, param_groups, training_sequences
 
 CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, max_len=10, seed=3, patience=10)
 
@@ -123,3 +123,20 @@ def test_validation_on_a_user_subset_is_used_for_early_stopping(split: seqrec.Sp
     full, _ = _run(split, dataclasses.replace(cfg, valid_users=None))
     assert [r["loss"] for r in history] == [r["loss"] for r in full]  # training is unchanged
     assert [r["valid_NDCG@10"] for r in history] != [r["valid_NDCG@10"] for r in full]
+
+
+def test_rest_valid_trains_on_validation_events_of_other_users_only(split: seqrec.Split) -> None:
+    valid = split.valid.sample(30, seed=0)
+    train = training_sequences(split, valid, rest_valid=True)
+    held_out = set(valid.users.tolist())
+    for i, u in enumerate(split.test.users.tolist()):
+        if u in held_out:
+            assert train.get(u).tolist() == split.train.get(u).tolist()
+        else:  # everything but the test event, ending with the validation event
+            assert train.get(u).tolist() == split.test.history.get(i).tolist()
+            assert train.get(u)[-1] == split.valid.targets[i]
+    assert training_sequences(split, valid, rest_valid=False) is split.train
+    cfg = dataclasses.replace(CFG, epochs=1, valid_users=30)
+    plain, _ = _run(split, cfg)
+    rest, _ = _run(split, dataclasses.replace(cfg, train_rest_valid=True))
+    assert plain[0]["loss"] != rest[0]["loss"]  # more targets: a different epoch

@@ -57,6 +57,30 @@ class Sequences:
         times = None if self.times is None else self.times[idx]
         return Sequences.from_lengths(lengths, self.items[idx], times)
 
+    def replace_rows(self, users: np.ndarray, rows: Sequences) -> Sequences:
+        """A copy whose sequence ``users[i]`` is ``rows``' sequence ``i`` (vectorised)."""
+        if len(users) != rows.n_users or len(np.unique(users)) != len(users):
+            raise ValueError(f"{len(users)} distinct users needed for {rows.n_users} replacement rows")
+        if (self.times is None) != (rows.times is None):
+            raise ValueError("both sides need times, or neither")
+        replaced = np.zeros(self.n_users, dtype=bool)
+        replaced[users] = True
+        row_of = np.zeros(self.n_users, dtype=np.int64)
+        row_of[users] = np.arange(len(users))
+        lengths = self.lengths.copy()
+        lengths[users] = rows.lengths
+        new_users = np.flatnonzero(replaced)  # ascending: the order the output stores them in
+        own = _ranges(self.offsets[:-1][~replaced], lengths[~replaced])
+        new = _ranges(rows.offsets[:-1][row_of[new_users]], lengths[new_users])
+        from_rows = np.repeat(replaced, lengths)
+        items = np.empty(int(lengths.sum()), dtype=np.int64)
+        items[~from_rows], items[from_rows] = self.items[own], rows.items[new]
+        times = None
+        if self.times is not None and rows.times is not None:
+            times = np.empty(items.shape[0], dtype=self.times.dtype)
+            times[~from_rows], times[from_rows] = self.times[own], rows.times[new]
+        return Sequences.from_lengths(lengths, items, times)
+
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for each pair, without a Python loop."""

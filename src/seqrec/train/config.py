@@ -31,5 +31,8 @@ class TrainConfig:
     device: str = "auto"
     valid_metric: str = "NDCG@10"
     valid_users: int | None = None  # early stopping on a fixed random subset of validation users (None: all)
+    # with valid_users: the validation events of the other users become training targets
+    # (only the sampled users' validation events are held out; test events never are trained on)
+    train_rest_valid: bool = False
     eval_batch_size: int = 256
     exclude_seen: bool = True

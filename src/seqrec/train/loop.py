@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from seqrec.data.batch import SequenceBatch, TrainBatches
-from seqrec.data.split import Split
+from seqrec.data.sequences import Sequences
+from seqrec.data.split import EvalSet, Split
 from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate
 from seqrec.losses import LossConfig, NegativeSampler, compute_loss
@@ -79,6 +80,17 @@ def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: flo
     return SequenceBatch(inputs, torch.where(masked, items, 0), real.sum(1), times)
 
 
+def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequences:
+    """The split's training rows; with ``rest_valid``, users outside ``valid`` also train on
+    their validation event (their test history, which ends with it, replaces their row)."""
+    if not rest_valid:
+        return split.train
+    if len(split.valid.users) != len(split.test.users) or not np.array_equal(split.valid.users, split.test.users):
+        raise SeqrecError("training on the validation events needs a leave-one-out split")
+    rest = ~np.isin(split.test.users, valid.users)
+    return split.train.replace_rows(split.test.users[rest], split.test.history.subset(np.flatnonzero(rest)))
+
+
 class Trainer:
     def __init__(self, model: SequenceEncoder, split: Split, cfg: TrainConfig,
                  out_dir: Path | None = None, progress: bool = True,
@@ -87,17 +99,18 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.out_dir, self.progress, self.on_epoch = out_dir, progress, on_epoch
         self.objective = cfg.objective or model.objective
-        counts = np.bincount(split.train.items, minlength=split.n_items + 1)
+        self.valid = split.valid if cfg.valid_users is None else split.valid.sample(cfg.valid_users, cfg.seed)
+        self.train = training_sequences(split, self.valid, cfg.train_rest_valid)
+        counts = np.bincount(self.train.items, minlength=split.n_items + 1)
         self.item_counts = counts
         self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
-        self.valid = split.valid if cfg.valid_users is None else split.valid.sample(cfg.valid_users, cfg.seed)
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
         if not model.trainable:
             return self._fit_statistics()
-        batches = TrainBatches(self.split.train, cfg.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
+        batches = TrainBatches(self.train, cfg.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
         if len(batches) == 0:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -139,7 +152,7 @@ class Trainer:
     def _fit_statistics(self) -> FitResult:
         fit_counts = getattr(self.model, "fit_counts", None)
         if fit_counts is not None:
-            fit_counts(self.split.train.items)
+            fit_counts(self.train.items)
         metrics = self.validate()
         return FitResult([{"epoch": 0, "loss": 0.0, **metrics, "seconds": 0.0}], 0,
                          metrics[f"valid_{self.cfg.valid_metric}"], 0.0)
