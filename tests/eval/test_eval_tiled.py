@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqrec.eval.evaluate import ranks_from_scores
-from seqrec.eval.tiled import top_and_ranks
+from seqrec.eval.tiled import tile_top, top_and_ranks
 
 
 def plain(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
@@ -19,10 +19,11 @@ def plain(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return torch.where(top.values == float("-inf"), 0, top.indices), ranks
 
 
-@pytest.mark.parametrize("tile", [3, 7, 2048])
+@pytest.mark.parametrize(("tile", "block"), [(3, 64), (7, 64), (2048, 64), (2048, 2), (2048, 3), (25, 2)])
 @pytest.mark.parametrize("seed", range(4))
-def test_tiled_ranks_equal_plain(tile: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiled_ranks_equal_plain(tile: int, block: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("seqrec.eval.tiled.ITEM_TILE", tile)
+    monkeypatch.setattr("seqrec.eval.tiled.BLOCK", block)
     g = torch.Generator().manual_seed(seed)
     n_items, dim, rows, k = 40, 4, 25, 5
     # integer-valued embeddings make many exact ties, including at the k-th place
@@ -60,3 +61,19 @@ def test_all_equal_scores_take_the_slow_path_and_get_the_middle_rank() -> None:
                              torch.zeros(0, dtype=torch.long), 10, exact)
     assert calls == [[0, 1, 2, 3]]
     assert torch.isinf(ranks).all()  # middle rank 50.5 > k = 10
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 8])
+@pytest.mark.parametrize("seed", range(5))
+def test_block_maxima_top_k_has_the_values_of_topk(block: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("seqrec.eval.tiled.BLOCK", block)
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(-3, 4, (30, 203), generator=g).float()  # many ties, a ragged tail
+    scores[torch.rand(scores.shape, generator=g) < 0.3] = float("-inf")  # masked items
+    scores[0] = float("-inf")  # a row with nothing rankable
+    k = 7
+    vals, cols = tile_top(scores, k)
+    want = torch.topk(scores, k, dim=1).values
+    assert torch.equal(vals, want)
+    assert torch.equal(scores.gather(1, cols), vals)  # the columns hold those values
+    assert all(len(set(row)) == k for row in cols.tolist())  # no column twice
