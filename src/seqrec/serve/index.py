@@ -20,6 +20,7 @@ from seqrec.data.ids import IdMap
 from seqrec.data.sequences import Sequences
 from seqrec.errors import ArtifactError
 from seqrec.eval.evaluate import score_histories
+from seqrec.eval.tiled import tile_top
 
 ExternalId = int | str
 _INT_TEXT = re.compile(r"[+-]?\d{1,18}")  # fits int64; longer digit strings stay text and match nothing
@@ -142,8 +143,8 @@ class ModelIndex:
                     scores[row, torch.from_numpy(r.history)] = float("-inf")
                 if len(r.banned):
                     scores[row, torch.from_numpy(r.banned)] = float("-inf")
-            top = torch.topk(scores, max(r.k for r in requests), dim=1)
-        values, indices = top.values.numpy(), top.indices.numpy()
+            top_values, top_indices = tile_top(scores, max(r.k for r in requests))
+        values, indices = top_values.numpy(), top_indices.numpy()
         return [_finite(indices[row, : r.k], values[row, : r.k]) for row, r in enumerate(requests)]
 
     def similar(self, item: int, k: int) -> Ranked:
