@@ -1,6 +1,7 @@
 """Load test for `seqrec serve`: a closed-loop asyncio + httpx client against a real server on loopback.
 
     python benchmarks/serving_load.py --name beauty-gru4rec            # trains runs/beauty-serve if absent
+    python benchmarks/serving_load.py --train-model sasrec --train-out runs/beauty-serve-sasrec --name beauty-sasrec
     python benchmarks/serving_load.py --artifact runs/demo --name demo --duration 30
 
 The mix is 80% `GET /v1/users/{id}/recommendations?k=10` and 20% `POST /v1/events` over 10,000
@@ -37,8 +38,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # never anything else: this is a local benchmark
-TRAIN_CMD = ["seqrec", "train", "--dataset", "amazon-beauty-bert4rec", "--model", "gru4rec", "--epochs", "1",
-             "--quiet"]
+TRAIN_CMD = ["seqrec", "train", "--dataset", "amazon-beauty-bert4rec", "--epochs", "1", "--quiet"]
 
 
 class RawConnection:
@@ -90,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, help="artifact to serve (default: train runs/beauty-serve if absent)")
     p.add_argument("--train-out", type=Path, default=Path("runs/beauty-serve"))
+    p.add_argument("--train-model", default="gru4rec", help="model trained (1 epoch) when the artifact is absent")
     p.add_argument("--name", default="beauty-gru4rec", help="results go to benchmarks/results/serving-NAME.json")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (after warm-up)")
     p.add_argument("--warmup", type=float, default=5.0)
@@ -111,7 +112,7 @@ def ensure_artifact(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.artifact is not None:
         return args.artifact, None
     out = args.train_out
-    cmd = [*TRAIN_CMD, "--out", str(out)]
+    cmd = [*TRAIN_CMD, "--model", args.train_model, "--out", str(out)]
     if not (out / "model.safetensors").exists():
         print(f"training the benchmark model: {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
