@@ -41,19 +41,26 @@ def test_full_ce_hand_computed() -> None:
 
 
 @pytest.mark.parametrize("row_chunk", [5, 512])  # several row chunks, and one
-def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("tile", [1, 4, 7])  # 1: the first tile holds only the padding column
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, with_bias: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("seqrec.fused_ce.ROW_CHUNK", row_chunk)
-    torch.manual_seed(0)
-    emb, bias = torch.randn(30, 8), torch.randn(30)
-    hidden, targets = torch.randn(17, 8), torch.randint(1, 30, (17,))
-    m1, m2 = Fixed(emb.clone(), bias.clone()), Fixed(emb.clone(), bias.clone())
+    torch.manual_seed(tile)
+    emb, bias = torch.randn(30, 8) * 3, torch.randn(30) if with_bias else None
+    hidden, targets = torch.randn(17, 8), torch.randint(1, 30, (17,))  # repeated targets too
+    m1 = Fixed(emb.clone(), None if bias is None else bias.clone())
+    m2 = Fixed(emb.clone(), None if bias is None else bias.clone())
     h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
     l1 = full_ce(m1, h1, targets)
-    l2 = chunked_ce(h2, m2.emb, m2.b, targets, chunk=4)
+    l2 = chunked_ce(h2, m2.emb, m2.b, targets, chunk=tile)
     (l1 * 3).backward()
     (l2 * 3).backward()
     torch.testing.assert_close(l1, l2)
-    for a, b in [(h1.grad, h2.grad), (m1.emb.grad, m2.emb.grad), (m1.b.grad, m2.b.grad)]:
+    pairs = [(h1.grad, h2.grad), (m1.emb.grad, m2.emb.grad)]
+    if m1.b is not None and m2.b is not None:
+        pairs.append((m1.b.grad, m2.b.grad))
+    for a, b in pairs:
         torch.testing.assert_close(a, b)
 
 

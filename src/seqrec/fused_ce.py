@@ -1,8 +1,10 @@
 """Full-catalog softmax cross-entropy without materialising the (M, N) logits.
 
 The catalog is processed in tiles of rows x items small enough to stay in the CPU cache: each
-tile's logits are computed and reduced to a log-sum-exp while in cache, and kept in a reused
-workspace; a second pass turns them into softmax gradients (no recomputed matmul). The loss is
+tile's logits are computed, shifted by their row maximum and exponentiated while in cache, and
+kept in a reused workspace; a second pass feeds them to the gradient matmuls, with the softmax
+normalisation exp(max - lse) applied to the small (rows x D) operands, so the (rows x items)
+tiles see one elementwise pass in all (no recomputed matmul, no second exp). The loss is
 a scalar, so the gradients are built in the forward pass and backward only rescales them.
 Each tile's matmul (inner size only D = 64) writes into cache-sized, already-mapped memory:
 freshly allocated (rows x 55k) logits were the bottleneck (page faults and memory writes).
@@ -19,6 +21,7 @@ from seqrec.models.base import score_tile
 
 ROW_CHUNK = 512
 ITEM_TILE = 512
+_FLOOR = -3.0e38  # a tile whose row is all -inf (only the padding column) keeps a finite maximum
 
 _WORKSPACE: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -48,30 +51,39 @@ class _TiledCE(torch.autograd.Function):
         total = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
         tiles = _tiles(weight.shape[0], tile)
         # Tile-major buffer: each (rows x tile) block is contiguous, written once by the matmul
-        # while it is in cache, reduced there, and read back once for the gradients.
+        # while it is in cache, exponentiated there, and read back once by the gradient matmuls.
         buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, hidden.dtype, hidden.device)
         for s in range(0, hidden.shape[0], ROW_CHUNK):
             h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
             c = h.shape[0]
             blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
-            tile_lse = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
+            # Pass 1: e = exp(logits - m) per tile, with m the tile's row maximum; keep m and sum(e).
+            tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
+            tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
             for i, (lo, hi) in enumerate(tiles):
                 logits = score_tile(blocks[i, :, : hi - lo], h, weight, bias, lo, hi)
-                torch.logsumexp(logits, 1, out=tile_lse[i])
-            lse = torch.logsumexp(tile_lse, 0)  # (C,)
+                m = torch.amax(logits, 1, out=tile_max[i]).clamp_(min=_FLOOR)  # finite: exp(-inf - m) = 0
+                torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
+            top = tile_max.amax(0)  # (C,)
+            lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
             target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
             total += (lse - target_logit).sum()
             if grad_h is None or grad_w is None:
                 continue
-            rows = torch.arange(c, device=t.device)
+            # Pass 2: softmax = e * exp(m - lse), a per-row factor that scales the (C, D) operands
+            # and products instead of the (C, T) tile; the one-hot target is subtracted once below.
+            scales = torch.exp(tile_max - lse)  # (tiles, C)
+            gh = grad_h[s : s + c]
             for i, (lo, hi) in enumerate(tiles):
-                probs = blocks[i, :, : hi - lo].sub_(lse[:, None]).exp_()  # (C, T) softmax
-                inside = (t >= lo) & (t < hi)
-                probs[rows[inside], t[inside] - lo] -= 1.0  # minus the one-hot target
-                grad_h[s : s + c].addmm_(probs, weight[lo:hi])
-                grad_w[lo:hi].addmm_(probs.T, h)
+                e, scale = blocks[i, :, : hi - lo], scales[i][:, None]
+                gh.addcmul_(e @ weight[lo:hi], scale)
+                grad_w[lo:hi].addmm_(e.T, h * scale)
                 if grad_b is not None:
-                    grad_b[lo:hi] += probs.sum(0)
+                    grad_b[lo:hi].addmv_(e.T, scales[i])
+            gh.sub_(weight[t])
+            grad_w.index_add_(0, t, h, alpha=-1.0)
+            if grad_b is not None:
+                grad_b.index_add_(0, t, torch.ones_like(t, dtype=grad_b.dtype), alpha=-1.0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.n_rows = hidden.shape[0]
         return total / max(hidden.shape[0], 1)
