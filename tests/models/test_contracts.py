@@ -144,3 +144,24 @@ def test_size_presets_build_and_take_a_training_step(name: str, size: str) -> No
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fit(model, split, seqrec.TrainConfig(epochs=1, batch_size=8, max_len=L, device="cpu"), progress=False)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_hstu_l2_norm_scores_are_cosines_over_temperature_and_round_trip(markov, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data, split = markov
+    cfg = seqrec.TrainConfig(epochs=6, batch_size=64, lr=5e-3, max_len=15, seed=0, patience=8)
+    rec = seqrec.Recommender("hstu", cfg, dim=32, n_heads=1, dropout=0.1, l2_norm=True, temperature=0.1)
+    rec.fit(data, split, progress=False)
+    model = rec.model
+    assert model is not None
+    with torch.no_grad():
+        emb = model.item_embeddings()
+        assert torch.allclose(emb[1:].norm(dim=1), torch.ones(emb.shape[0] - 1))  # unit rows
+        scores = model.score(model.encode_last(_batch()))
+    assert scores[:, 1:].abs().max() <= 1 / 0.1 + 1e-4  # |cos| / temperature
+    pop = seqrec.Recommender("popular", cfg)
+    pop.fit(data, split, progress=False)
+    assert rec.evaluate(ks=(10,))["NDCG@10"] > pop.evaluate(ks=(10,))["NDCG@10"] + 0.05
+    rec.save(tmp_path / "art")
+    loaded = seqrec.Recommender.load(tmp_path / "art")
+    assert loaded.model.config.l2_norm and loaded.model.config.temperature == 0.1
+    assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))

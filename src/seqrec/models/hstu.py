@@ -30,6 +30,10 @@ class HSTUConfig:
     attn_dim: int | None = None  # per-head query/key size; None: dim / n_heads
     time_buckets: int = 64  # log-spaced buckets of |t_i - t_j| seconds
     use_time: bool = False  # add the relative time bias when the log has timestamps
+    # Score by cosine / temperature: the sequence state and the item embeddings are L2-normalised,
+    # as generative-recommenders' HSTU does (its l2_norm post-processor and temperature).
+    l2_norm: bool = False
+    temperature: float = 0.05
 
 
 class RelativeBias(nn.Module):
@@ -103,7 +107,10 @@ class HSTUEncoder(SequenceEncoder):
         bias = self.bias(items, times if self.config.use_time else None)
         for layer in self.layers:
             x = layer(x, mask, bias) * real
-        return self.final_norm(x)
+        x = self.final_norm(x)
+        return F.normalize(x, dim=-1) / self.config.temperature if self.config.l2_norm else x
 
     def item_embeddings(self) -> torch.Tensor:
+        if self.config.l2_norm:  # row 0 (padding) is never scored: its column is set to -inf
+            return F.normalize(self.item_emb.weight, dim=-1)
         return self.item_emb.weight
