@@ -62,6 +62,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--n-layers", type=int)
     p.add_argument("--n-heads", type=int)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--ff-dim", type=int, help="attention models: feed-forward width (default: per model)")
     p.add_argument("--l2-norm", action="store_true", default=None,
                    help="hstu: score by cosine / temperature (L2-normalised state and item embeddings)")
     p.add_argument("--temperature", type=float, help="hstu with --l2-norm (default 0.05)")
@@ -83,8 +84,8 @@ def main() -> int:
         sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
         warmup_steps=args.warmup_steps, schedule=args.schedule)
-    params = {k: getattr(args, k) for k in ("dim", "hidden", "n_layers", "n_heads", "dropout", "l2_norm", "temperature")
-              if getattr(args, k) is not None}
+    names = ("dim", "hidden", "n_layers", "n_heads", "dropout", "ff_dim", "l2_norm", "temperature")
+    params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     rec = seqrec.Recommender(args.model, cfg, **params)
 
     def show(row: dict[str, float]) -> None:

@@ -82,6 +82,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--n-layers", type=int)
     g.add_argument("--n-heads", type=int)
     g.add_argument("--dropout", type=float)
+    g.add_argument("--ff-dim", type=int, help="attention models: feed-forward width (default: per model)")
     g.add_argument("--l2-norm", action="store_true", default=None,
                    help="hstu: score by cosine / temperature (L2-normalised state and item embeddings)")
     g.add_argument("--temperature", type=float, help="hstu with --l2-norm (default 0.05)")
@@ -135,7 +136,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def model_params(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("size", "dim", "hidden", "n_layers", "n_heads", "dropout", "l2_norm", "temperature")
+    names = ("size", "dim", "hidden", "n_layers", "n_heads", "dropout", "ff_dim", "l2_norm", "temperature")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

@@ -103,3 +103,16 @@ def eval_times(history: Sequences, max_len: int, rows: np.ndarray) -> torch.Tens
     if history.times is None:
         return None
     return torch.from_numpy(gather_windows(history, rows, history.offsets[rows + 1], max_len, history.times))
+
+
+MIN_WIDTH = 8
+
+
+def eval_widths(history: Sequences, max_len: int, rows: np.ndarray) -> np.ndarray:
+    """(R,) input width per row: the next power of two (>= MIN_WIDTH) above the row's length, at
+    most ``max_len``. A function of the row alone, so a row is encoded the same way whatever
+    batch it is in; one column of padding is kept when the history is shorter than ``max_len``
+    (BERT4Rec drops the oldest column to append its mask token)."""
+    need = np.minimum(history.lengths[rows] + 1, max_len)
+    width = MIN_WIDTH * 2 ** np.ceil(np.log2(np.maximum(need, 1) / MIN_WIDTH)).clip(min=0).astype(np.int64)
+    return np.minimum(width, max_len)

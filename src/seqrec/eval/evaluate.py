@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seqrec.data.batch import eval_inputs, eval_times
+from seqrec.data.batch import eval_inputs, eval_times, eval_widths
 from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
@@ -42,10 +42,24 @@ def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> Non
 
 def encode_rows(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
                 device: torch.device) -> torch.Tensor:
-    """(R, D) next-item states of the given history rows (with their event times, when known)."""
-    inputs = eval_inputs(history, max_len, rows).to(device)
-    times = eval_times(history, max_len, rows)
-    return model.encode_last(inputs, None if times is None else times.to(device))
+    """(R, D) next-item states of the given history rows (with their event times, when known).
+
+    Rows are encoded in groups of equal input width (see ``eval_widths``): a short history is not
+    run through ``max_len`` positions of padding, and its state does not depend on its batch.
+    """
+    widths = eval_widths(history, max_len, rows)
+    out: torch.Tensor | None = None
+    for width in np.unique(widths):
+        sel = np.flatnonzero(widths == width)
+        inputs = eval_inputs(history, int(width), rows[sel]).to(device)
+        times = eval_times(history, int(width), rows[sel])
+        hidden = model.encode_last(inputs, None if times is None else times.to(device))
+        if out is None:
+            out = hidden.new_empty((len(rows), *hidden.shape[1:]))
+        out[torch.from_numpy(sel).to(device)] = hidden
+    if out is None:
+        raise SeqrecError("no rows to encode")
+    return out
 
 
 @torch.no_grad()
