@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import seqrec
+from seqrec.cli import model_params
 from seqrec.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent
@@ -84,8 +85,7 @@ def main() -> int:
         sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
         warmup_steps=args.warmup_steps, schedule=args.schedule)
-    names = ("dim", "hidden", "n_layers", "n_heads", "dropout", "ff_dim", "l2_norm", "temperature")
-    params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    params = model_params(args)  # the same model options as `seqrec train`
     rec = seqrec.Recommender(args.model, cfg, **params)
 
     def show(row: dict[str, float]) -> None:

@@ -114,5 +114,5 @@ def eval_widths(history: Sequences, max_len: int, rows: np.ndarray) -> np.ndarra
     batch it is in; one column of padding is kept when the history is shorter than ``max_len``
     (BERT4Rec drops the oldest column to append its mask token)."""
     need = np.minimum(history.lengths[rows] + 1, max_len)
-    width = MIN_WIDTH * 2 ** np.ceil(np.log2(np.maximum(need, 1) / MIN_WIDTH)).clip(min=0).astype(np.int64)
+    width = MIN_WIDTH * 2 ** np.ceil(np.log2(need / MIN_WIDTH)).clip(min=0).astype(np.int64)  # need >= 1
     return np.minimum(width, max_len)

@@ -85,7 +85,7 @@ def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequen
     their validation event (their test history, which ends with it, replaces their row)."""
     if not rest_valid:
         return split.train
-    if len(split.valid.users) != len(split.test.users) or not np.array_equal(split.valid.users, split.test.users):
+    if not np.array_equal(split.valid.users, split.test.users):  # compares shapes too
         raise SeqrecError("training on the validation events needs a leave-one-out split")
     rest = ~np.isin(split.test.users, valid.users)
     return split.train.replace_rows(split.test.users[rest], split.test.history.subset(np.flatnonzero(rest)))
