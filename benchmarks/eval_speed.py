@@ -2,9 +2,11 @@
 
     python benchmarks/eval_speed.py --dataset amazon-beauty-bert4rec --repeats 3
 
-Times seqrec's `evaluate` (tiled comparisons, 256-user batches) and, in the same run, a plain
-reference (1024-user batches, whole-row comparisons) that computes the same ranks. Scores come
-from an untrained SASRec: only speed is measured here, and both paths must agree exactly.
+Times seqrec's `evaluate` (tiled comparisons, 256-user batches ranked side by side by `--threads`
+threads, each op single-threaded) and, in the same run, the same `evaluate` with one batch at a
+time on `--threads` intra-op threads (the session-3 path), and a plain reference (1024-user
+batches, whole-row comparisons) that computes the same ranks. Scores come from an untrained
+SASRec: only speed is measured here, and all paths must agree exactly.
 """
 
 from __future__ import annotations
@@ -59,20 +61,26 @@ def main() -> int:
     test = seqrec.leave_one_out(data).test
     torch.manual_seed(0)
     model = create("sasrec", n_items=data.n_items, max_len=50).eval()
-    ours, plain = [], []
-    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+    ours, intra, plain = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drift hits all alike
         t0 = time.perf_counter()
-        metrics = evaluate(model, test, 50, EvalConfig(ks=(10, 20)))
+        metrics = evaluate(model, test, 50, EvalConfig(ks=(10, 20), workers=args.threads))
         ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        one_batch = evaluate(model, test, 50, EvalConfig(ks=(10, 20), workers=1))
+        intra.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ref = all_metrics(plain_ranks(model, test, 50), (10, 20))
         plain.append(time.perf_counter() - t0)
-    assert all(abs(metrics[k] - v) < 1e-12 for k, v in ref.items()), "the two paths disagree"
+    assert all(abs(metrics[k] - v) < 1e-12 for k, v in ref.items()), "the tiled and plain paths disagree"
+    assert one_batch == metrics, "batches side by side disagree with one batch at a time"
     out = {
         "dataset": args.dataset, "users": len(test), "items": data.n_items,
-        "seqrec_seconds": ours, "plain_seconds": plain,
-        "seqrec_median_s": statistics.median(ours), "plain_median_s": statistics.median(plain),
+        "seqrec_seconds": ours, "one_batch_at_a_time_seconds": intra, "plain_seconds": plain,
+        "seqrec_median_s": statistics.median(ours), "one_batch_at_a_time_median_s": statistics.median(intra),
+        "plain_median_s": statistics.median(plain),
         "speedup_median": statistics.median(plain) / statistics.median(ours),
+        "batch_threads_speedup_median": statistics.median(intra) / statistics.median(ours),
         "users_per_second": len(test) / statistics.median(ours),
         "threads": args.threads, "ran_beside": args.note,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

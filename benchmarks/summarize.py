@@ -113,9 +113,13 @@ def speed_tables() -> str:
     rows = ["| benchmark | result | baseline in the same run | command |", "|---|---|---|---|"]
     for path in sorted((ROOT / "results").glob("eval-speed-*.json")):
         r = json.loads(path.read_text())
+        one = r.get("one_batch_at_a_time_median_s")  # recorded since session 4
+        one_text = "" if one is None else (
+            f"; one batch at a time: {one:.1f} s ({r['batch_threads_speedup_median']:.1f}x slower)")
         rows.append(f"| full-ranking eval, {r['users']:,} users x {r['items']:,} items | "
                     f"{r['seqrec_median_s']:.1f} s median ({r['users_per_second']:,.0f} users/s) | "
-                    f"plain: {r['plain_median_s']:.1f} s ({r['speedup_median']:.1f}x slower) | `{r['command']}` |")
+                    f"plain: {r['plain_median_s']:.1f} s ({r['speedup_median']:.1f}x slower){one_text} | "
+                    f"`{r['command']}` |")
     for path in sorted((ROOT / "results").glob("serving-*.json")):
         r = json.loads(path.read_text())
         lat = r["latency"]

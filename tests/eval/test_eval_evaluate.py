@@ -74,19 +74,31 @@ def histories_of(data: EvalSet) -> list[list[int]]:
     return [data.history.get(r).tolist() for r in range(len(data))]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("exclude_seen", [True, False])
-def test_full_ranking_matches_the_slow_per_user_reference(exclude_seen: bool) -> None:
+def test_full_ranking_matches_the_slow_per_user_reference(exclude_seen: bool, workers: int) -> None:
     rng = np.random.default_rng(3)
     model = random_encoder(rng, n_items=40, dim=2, low=-1, high=2)  # scores in -8..8: many ties
     data = random_eval_set(rng, n_users=120, n_items=40, max_hist=12)
     ks = (1, 5, 10, 40)
-    got = evaluate(model, data, max_len=4, config=EvalConfig(ks=ks, exclude_seen=exclude_seen, batch_size=7))
+    threads = torch.get_num_threads()
+    got = evaluate(model, data, max_len=4,
+                   config=EvalConfig(ks=ks, exclude_seen=exclude_seen, batch_size=7, workers=workers))
+    assert torch.get_num_threads() == threads  # restored after the batches ran side by side
     ranks = np.array([expected_rank(reference_scores(model, h, 4, exclude_seen), int(t))
                       for h, t in zip(histories_of(data), data.targets, strict=True)])
     assert (ranks[np.isfinite(ranks)] % 1 == 0.5).any()  # ties really happened
     assert np.isinf(ranks).any() == exclude_seen  # some targets were in the history
     want = all_metrics(ranks, ks)
     assert {k: got[k] for k in want} == pytest.approx(want)
+
+
+def test_batches_ranked_side_by_side_give_exactly_the_sequential_metrics() -> None:
+    rng = np.random.default_rng(5)
+    model = random_encoder(rng, n_items=300, dim=8, low=-3, high=4)
+    data = random_eval_set(rng, n_users=500, n_items=300, max_hist=30)
+    one = evaluate(model, data, max_len=6, config=EvalConfig(ks=(1, 10, 50), batch_size=16, workers=1))
+    assert evaluate(model, data, max_len=6, config=EvalConfig(ks=(1, 10, 50), batch_size=16, workers=4)) == one
 
 
 def test_coverage_matches_the_reference_and_skips_excluded_items() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import seqrec.serve
 from seqrec.cli import build_parser, main
-from seqrec.serve.settings import settings_from_args
+from seqrec.serve.settings import settings_from_args, settings_from_environment, settings_to_environment
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -33,6 +33,17 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_env(tmp_path: Path) ->
     cfg = settings_from_args(args, {})
     assert (cfg.store, cfg.history_cap, cfg.read_requires_key, cfg.port, cfg.api_key) == (
         "redis://127.0.0.1:6379/2", 50, True, 9000, None)
+
+
+def test_worker_processes_rebuild_the_same_settings_with_the_key_outside_the_json(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", str(tmp_path), "--workers", "2", "--history-cap", "7",
+                                      "--read-requires-key", "--store", "redis://127.0.0.1:6379/1"])
+    cfg = settings_from_args(args, {"SEQREC_API_KEY": "secret-key"})
+    env = settings_to_environment(cfg)
+    assert "secret-key" not in env["SEQREC_SERVE_SETTINGS"] and env["SEQREC_API_KEY"] == "secret-key"
+    assert settings_from_environment(env) == cfg and cfg.workers == 2
+    keyless = settings_from_args(args, {})
+    assert settings_from_environment(settings_to_environment(keyless)).api_key is None
 
 
 def corrupt_copy(src: Path, dst: Path) -> Path:
@@ -67,6 +78,7 @@ def test_bad_settings_fail_in_one_line(capsys: pytest.CaptureFixture[str], artif
     assert ":memory:" in one_error_line(capsys, ["serve", art, "--store", "sqlite:///:memory:"])
     assert "cannot open" in one_error_line(capsys, ["serve", art, "--store", f"sqlite:///{tmp_path}/no/such/dir.db"])
     assert "--history-cap" in one_error_line(capsys, ["serve", art, "--history-cap", "0"])
+    assert "--workers" in one_error_line(capsys, ["serve", art, "--workers", "0"])
     (tmp_path / "key").write_text("\n")
     assert "is empty" in one_error_line(capsys, ["serve", art, "--api-key-file", str(tmp_path / "key")])
 

@@ -1,4 +1,5 @@
-"""The real server as a subprocess: an event acknowledged with 201 survives `kill -9`."""
+"""The real server as a subprocess: an event acknowledged with 201 survives `kill -9`; several
+worker processes on one port share the store, so every worker sees every event."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import pytest
 KEY = "durability-key"
 
 
-def start(artifact: Path, port: int, db: Path) -> subprocess.Popen[bytes]:
+def start(artifact: Path, port: int, db: Path, *extra: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
-           "--store", f"sqlite:///{db}"]
+           "--store", f"sqlite:///{db}", *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, "SEQREC_API_KEY": KEY}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90  # a loaded 2-core box needs a while to import torch
@@ -54,3 +55,29 @@ def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_workers_share_the_store_and_label_their_metrics(artifact_dir: Path, tmp_path: Path,
+                                                         free_port: int) -> None:
+    base = f"http://127.0.0.1:{free_port}"
+    proc = start(artifact_dir, free_port, tmp_path / "events.db", "--workers", "2")
+    try:
+        for i in range(3):
+            r = httpx.post(f"{base}/v1/events", json={"user_id": "shared", "item_id": 101 + i},
+                           headers={"X-API-Key": KEY})
+            assert r.status_code == 201
+            # a fresh connection per read: whichever worker accepts it must see every event so far
+            lengths = {httpx.get(f"{base}/v1/users/shared/recommendations").json()["history_length"]
+                       for _ in range(8)}
+            assert lengths == {i + 1}
+        workers = set()
+        for _ in range(8):
+            text = httpx.get(f"{base}/metrics").text
+            info = next(line for line in text.splitlines() if line.startswith("seqrec_model_info{"))
+            workers.add(info.split('worker="')[1].split('"')[0])
+            assert 'seqrec_events_stored_total{worker="' in text
+        assert workers and str(proc.pid) not in workers  # the workers answer, not the supervisor
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0

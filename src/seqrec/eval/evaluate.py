@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +29,9 @@ class EvalConfig:
     sampled: str | None = None  # None (full ranking) | "uniform" | "popularity"
     n_negatives: int = 100
     seed: int = 0
+    # CPU: batches ranked side by side by this many threads, each op single-threaded (None: torch's
+    # thread count). Small ops scale badly across intra-op threads; whole batches do not.
+    workers: int | None = None
 
 
 def seen_pairs(history: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,24 +106,47 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
     was_training = model.training
     model.eval()
     kmax = max(cfg.ks)
+    batches = [np.arange(start, min(start + cfg.batch_size, len(data)))
+               for start in range(0, len(data), cfg.batch_size)]
     all_ranks, all_top = [], []
-    gen = np.random.default_rng(cfg.seed)
-    for start in range(0, len(data), cfg.batch_size):
-        rows = np.arange(start, min(start + cfg.batch_size, len(data)))
-        targets = torch.from_numpy(data.targets[rows])
-        if cfg.sampled:
+    if cfg.sampled:
+        gen = np.random.default_rng(cfg.seed)
+        for rows in batches:
+            targets = torch.from_numpy(data.targets[rows])
             scores = score_histories(model, data.history, rows, max_len, cfg.exclude_seen, device)
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
-            continue
-        top, batch_ranks = _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
-        all_ranks.append(batch_ranks.numpy())
-        all_top.append(top.numpy())  # 0 = no item (fewer than K rankable): never counted
+    else:
+        def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            targets = torch.from_numpy(data.targets[rows])
+            with torch.no_grad():  # grad mode is per thread: the decorator covers the caller's only
+                return _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
+
+        workers = cfg.workers or torch.get_num_threads()
+        if workers > 1 and device.type == "cpu" and len(batches) > 1:
+            with _single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix="seqrec-eval") as pool:
+                results = list(pool.map(rank, batches))  # in order: metrics do not depend on workers
+        else:
+            results = [rank(rows) for rows in batches]
+        for top, batch_ranks in results:
+            all_ranks.append(batch_ranks.numpy())
+            all_top.append(top.numpy())  # 0 = no item (fewer than K rankable): never counted
     model.train(was_training)
     ranks = np.concatenate(all_ranks) if all_ranks else np.zeros(0)
     if cfg.sampled:
         return all_metrics(ranks, cfg.ks, prefix=f"sampled_{cfg.sampled}{cfg.n_negatives}_")
     top_items = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
     return all_metrics(ranks, cfg.ks, top_items, n_items)
+
+
+@contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """torch ops on one thread each while the block runs (the setting is process-wide)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tiled_ranks(model: SequenceEncoder, data: EvalSet, rows: np.ndarray, targets: torch.Tensor, max_len: int,

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from seqrec.errors import SeqrecError
-from seqrec.serve.settings import API_KEY_ENV, DEFAULT_STORE, ServeSettings, settings_from_args
+from seqrec.serve.settings import (
+    API_KEY_ENV,
+    DEFAULT_STORE,
+    ServeSettings,
+    settings_from_args,
+    settings_from_environment,
+    settings_to_environment,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="posted events kept per user, oldest dropped first (default: 200)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     p.add_argument("--max-score-batch", type=int, default=64, help="requests scored in one forward pass")
-    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: half the cores)")
+    p.add_argument("--torch-threads", type=int,
+                   help="torch intra-op threads per worker (default: half the cores, split among the workers)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="service processes on one port, sharing the store (default: 1). Each loads the model; "
+                   "/metrics then counts the worker that answers (label worker=<pid>)")
     p.add_argument("--access-log", action="store_true", help="log every request (off: logs would hold user ids)")
     p.set_defaults(func=run)
 
@@ -45,9 +58,27 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.torch_threads)
     service = build_service(settings)  # a bad artifact or store fails here, before the port opens
     _announce(settings, service.version, service.store.kind)
-    uvicorn.run(create_app(service, settings), host=settings.host, port=settings.port,
-                access_log=settings.access_log, log_level="info")
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "access_log": settings.access_log,
+                               "log_level": "info"}
+    if settings.workers == 1:
+        uvicorn.run(create_app(service, settings), **options)
+        return 0
+    service.close()  # checked; each worker loads its own copy
+    os.environ.update(settings_to_environment(settings))  # the spawned workers inherit it
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
     return 0
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (uvicorn calls this in each spawned worker)."""
+    import torch
+
+    from seqrec.serve.api import create_app
+    from seqrec.serve.service import build_service
+
+    settings = settings_from_environment()
+    torch.set_num_threads(settings.torch_threads)
+    return create_app(build_service(settings), settings)
 
 
 def _announce(settings: ServeSettings, version: str, store: str) -> None:

@@ -16,6 +16,7 @@ the plain methods wait for the result.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -91,12 +92,13 @@ class _HistoryQuery:
 
 class Service:
     def __init__(self, index: ModelIndex, store: EventStore, history_cap: int = 200,
-                 max_score_batch: int = 64, clock: Callable[[], float] = time.time) -> None:
+                 max_score_batch: int = 64, clock: Callable[[], float] = time.time,
+                 worker: str | None = None) -> None:
         self.index = index
         self.store = store
         self.history_cap = history_cap
         self.clock = clock
-        self.metrics = Metrics(index.model_name, index.version, store.kind)
+        self.metrics = Metrics(index.model_name, index.version, store.kind, worker)
         self._scorer = MicroBatcher(self._score_batch, max_score_batch, self.metrics.observe_batch,
                                     name="seqrec-scorer")
         self._writer = MicroBatcher(self._write_batch, 256, name="seqrec-writer")
@@ -234,4 +236,5 @@ def build_service(settings: ServeSettings) -> Service:
     artifact = load_artifact(settings.artifact)
     index = ModelIndex(artifact, model_version(Path(settings.artifact), artifact.model_name))
     store = open_store(settings.store)
-    return Service(index, store, settings.history_cap, settings.max_score_batch)
+    worker = str(os.getpid()) if settings.workers > 1 else None
+    return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker)

@@ -7,6 +7,8 @@ configuration files. The API key never comes from the command line, where ``ps``
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 from seqrec.errors import SeqrecError
 
 API_KEY_ENV = "SEQREC_API_KEY"
+SETTINGS_ENV = "SEQREC_SERVE_SETTINGS"  # how `--workers N` hands the settings to its worker processes
 DEFAULT_STORE = "sqlite:///seqrec-serve.db"
 
 
@@ -31,6 +34,7 @@ class ServeSettings:
     max_score_batch: int = 64  # requests scored together in one forward pass
     torch_threads: int = 1
     access_log: bool = False  # off by default: access lines carry user ids and cost CPU
+    workers: int = 1  # service processes sharing the port and the store (each loads the model)
 
     def __post_init__(self) -> None:
         if self.history_cap < 1:
@@ -39,15 +43,36 @@ class ServeSettings:
             raise SeqrecError(f"--port must be between 1 and 65535, got {self.port}")
         if self.max_body_bytes < 1024:
             raise SeqrecError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
-        if self.max_score_batch < 1 or self.torch_threads < 1:
-            raise SeqrecError("--max-score-batch and --torch-threads must be >= 1")
+        if self.max_score_batch < 1 or self.torch_threads < 1 or self.workers < 1:
+            raise SeqrecError("--max-score-batch, --torch-threads and --workers must be >= 1")
         if not self.store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
             raise SeqrecError(f"--store {self.store!r}: use sqlite:///path.db or redis://host:port/db")
 
 
-def default_torch_threads() -> int:
-    """Half the cores: the other half serves HTTP (and, on a small box, the clients)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+def default_torch_threads(workers: int = 1) -> int:
+    """Half the cores, shared by the workers: the other half serves HTTP (and, on a small box,
+    the clients)."""
+    return max(1, (os.cpu_count() or 2) // (2 * max(1, workers)))
+
+
+def settings_to_environment(settings: ServeSettings) -> dict[str, str]:
+    """Environment variables from which :func:`settings_from_environment` rebuilds ``settings`` in a
+    worker process; the API key travels in ``$SEQREC_API_KEY``, never in the JSON."""
+    fields = dataclasses.asdict(settings)
+    fields["artifact"] = str(settings.artifact)
+    key = fields.pop("api_key")
+    env = {SETTINGS_ENV: json.dumps(fields)}
+    if key is not None:
+        env[API_KEY_ENV] = key
+    return env
+
+
+def settings_from_environment(environ: Mapping[str, str] | None = None) -> ServeSettings:
+    env = os.environ if environ is None else environ
+    if SETTINGS_ENV not in env:
+        raise SeqrecError(f"${SETTINGS_ENV} is not set: start the service with `seqrec serve`")
+    fields = json.loads(env[SETTINGS_ENV])
+    return ServeSettings(**{**fields, "artifact": Path(fields["artifact"]), "api_key": read_api_key(None, env)})
 
 
 def read_api_key(key_file: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -82,4 +107,5 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         artifact=args.artifact, host=args.host, port=args.port, store=args.store,
         api_key=read_api_key(args.api_key_file, environ), read_requires_key=args.read_requires_key,
         history_cap=args.history_cap, max_body_bytes=args.max_body_bytes, max_score_batch=args.max_score_batch,
-        torch_threads=args.torch_threads or default_torch_threads(), access_log=args.access_log)
+        torch_threads=args.torch_threads or default_torch_threads(args.workers), access_log=args.access_log,
+        workers=args.workers)

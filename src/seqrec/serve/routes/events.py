@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 from fastapi.openapi.models import Example
 
-from seqrec.serve.routes.deps import ERRORS_WRITE, ServiceDep, WriteKey
+from seqrec.serve.routes.deps import ERRORS_WRITE, ServiceDep, WriteKey, json_body
 from seqrec.serve.schemas import EventBatchIn, EventsIn, EventsOut
 from seqrec.serve.service import EventInput
 
@@ -23,12 +23,12 @@ _EXAMPLES: dict[str, Example] = {
 
 @router.post("", status_code=201, response_model=EventsOut, summary="Append events to user histories")
 async def post_events(service: ServiceDep,
-                      body: Annotated[EventsIn, Body(openapi_examples=_EXAMPLES)]) -> EventsOut:
+                      body: Annotated[EventsIn, Body(openapi_examples=_EXAMPLES)]) -> Response:
     """Events are appended in arrival order and durable once the response is sent. Items the model
     does not know are stored and reported, but never scored (a newer model may know them)."""
     events = body.root.events if isinstance(body.root, EventBatchIn) else [body.root]
     # Awaited, not run in a thread: the writer thread commits queued posts together (group commit).
     added = await asyncio.wrap_future(service.submit_events([EventInput(e.user_id, e.item_id, e.timestamp)
                                                              for e in events]))
-    return EventsOut(accepted=added.accepted, unknown_items=len(added.unknown_item_ids),
-                     unknown_item_ids=added.unknown_item_ids)
+    return json_body(EventsOut(accepted=added.accepted, unknown_items=len(added.unknown_item_ids),
+                               unknown_item_ids=added.unknown_item_ids), status_code=201)
