@@ -241,9 +241,33 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """utime + stime of a process and of its live descendants (`--workers`), from /proc (Linux)."""
+    return sum(_own_cpu_seconds(p) for p in process_tree(pid))
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited meanwhile
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every live descendant of it."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo.extend(parents.get(p, []))
+    return tree
 
 
 def busy_processes(exclude: set[int]) -> list[str]:
@@ -258,13 +282,14 @@ def busy_processes(exclude: set[int]) -> list[str]:
 
 
 def server_metrics(base: str) -> dict[str, float]:
+    """Batch-size and event counters of the worker that answers (with `--workers`, one of them)."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     got: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count",
                             "seqrec_events_stored_total")):
             name, value = line.rsplit(" ", 1)
-            got[name] = float(value)
+            got[name.split("{")[0]] = float(value)  # drop the worker="<pid>" label
     return got
 
 
@@ -278,11 +303,12 @@ def main() -> int:
     proc, serve_cmd, base = start_server(artifact, store, key, args.serve_arg)
     try:
         health = httpx.get(f"{base}/healthz").json()
-        beside_before = busy_processes({os.getpid(), proc.pid})
+        server_pids = process_tree(proc.pid)
+        beside_before = busy_processes({os.getpid(), *server_pids})
         cpu0, own0 = cpu_seconds(proc.pid), sum(os.times()[:2])
         tally, measured = asyncio.run(run_load(base, users, items, args, key))
         server_cpu, own_cpu = cpu_seconds(proc.pid) - cpu0, sum(os.times()[:2]) - own0
-        beside_after = busy_processes({os.getpid(), proc.pid})
+        beside_after = busy_processes({os.getpid(), *server_pids})
         metrics = server_metrics(base)
     finally:
         proc.send_signal(signal.SIGTERM)

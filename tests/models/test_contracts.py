@@ -8,6 +8,7 @@ import torch
 
 import seqrec
 from seqrec.datasets.synthetic import markov_dataset
+from seqrec.models.layers import item_positions
 from seqrec.models.registry import MODELS, create
 
 N_ITEMS, L = 40, 12
@@ -165,3 +166,31 @@ def test_hstu_l2_norm_scores_are_cosines_over_temperature_and_round_trip(markov,
     loaded = seqrec.Recommender.load(tmp_path / "art")
     assert loaded.model.config.l2_norm and loaded.model.config.temperature == 0.1
     assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
+
+
+def test_positions_count_from_the_first_or_back_from_the_last_item() -> None:
+    items = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    assert item_positions(items, "start").tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert item_positions(items, "end").tolist() == [[0, 0, 2, 1, 0], [4, 3, 2, 1, 0]]
+    with pytest.raises(ValueError, match="positions"):
+        create("sasrec", n_items=N_ITEMS, positions="middle")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_positions_from_the_end_keep_padding_invariance_and_causality(name: str) -> None:
+    torch.manual_seed(0)
+    model = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2, positions="end").eval()
+    short = _batch(pad=4)[:, 2:]
+    long = torch.cat([torch.zeros(5, 2, dtype=torch.long), short], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(short)[:, 2:], model.encode(long)[:, 4:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_last(short), model.encode_last(long), atol=1e-5, rtol=1e-5)
+        torch.manual_seed(0)
+        start = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2).eval()
+        assert not torch.allclose(model.encode_last(short), start.encode_last(short))  # same weights, other positions
+    if model.causal:
+        items = _batch(pad=0)
+        changed = items.clone()
+        changed[:, 7:] = (changed[:, 7:] % N_ITEMS) + 1
+        with torch.no_grad():
+            torch.testing.assert_close(model.encode(items)[:, :7], model.encode(changed)[:, :7], atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from seqrec.models.base import SequenceEncoder
-from seqrec.models.layers import Block, attention_mask, positions_from_start
+from seqrec.models.layers import Block, attention_mask, check_positions, item_positions
 from seqrec.models.sasrec import _init
 
 
@@ -24,6 +24,10 @@ class BERT4RecConfig:
     dropout: float = 0.2
     ff_dim: int | None = None  # None: 4 x dim
     norm_first: bool = False  # post-norm, as in BERT
+    positions: str = "start"  # learned positions counted from the first item ("start") or the last ("end")
+
+    def __post_init__(self) -> None:
+        check_positions(self.positions)
 
 
 class BERT4RecEncoder(SequenceEncoder):
@@ -49,7 +53,8 @@ class BERT4RecEncoder(SequenceEncoder):
     def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.config.max_len :]
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
-        x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions_from_start(items))
+        pos = self.pos_emb(item_positions(items, self.config.positions))
+        x = self.item_emb(items) * math.sqrt(self.config.dim) + pos
         x = self.drop(self.norm(x)) * real  # (B, L, D)
         mask = attention_mask(items, causal=False)
         for block in self.blocks:

@@ -18,6 +18,34 @@ def positions_from_start(items: torch.Tensor) -> torch.Tensor:
     return (torch.arange(L, device=items.device)[None, :] - (L - lengths)).clamp(min=0)
 
 
+def positions_from_end(items: torch.Tensor) -> torch.Tensor:
+    """(B, L) position of each real item counted back from the most recent one (0), as RecTools'
+    "inverse" positional encoding and the original SASRec's left-padded windows do.
+
+    Inputs are left-padded with the most recent item last, so the count is the distance to the
+    last column; padding positions get 0. Invariant to left padding, like
+    :func:`positions_from_start`, but the latest item always has the same position, whatever
+    the history's length."""
+    L = items.shape[1]
+    back = torch.arange(L - 1, -1, -1, device=items.device)[None, :]  # L - 1 ... 0
+    return torch.where(items > 0, back, 0)
+
+
+POSITIONS = ("start", "end")
+
+
+def check_positions(counted_from: str) -> None:
+    if counted_from not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {counted_from!r}")
+
+
+def item_positions(items: torch.Tensor, counted_from: str) -> torch.Tensor:
+    """(B, L) positions for a learned position embedding, counted from the window's first item
+    (``"start"``) or back from its last (``"end"``)."""
+    check_positions(counted_from)
+    return positions_from_start(items) if counted_from == "start" else positions_from_end(items)
+
+
 def attention_mask(items: torch.Tensor, causal: bool) -> torch.Tensor:
     """(B, 1, L, L) boolean mask, True = may attend. Real queries never see padding keys;
     every query sees itself, so no row is empty (padding rows are ignored downstream)."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seqrec.models.base import SequenceEncoder
-from seqrec.models.layers import Block, attention_mask, positions_from_start
+from seqrec.models.layers import Block, attention_mask, check_positions, item_positions
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class SASRecConfig:
     ff_dim: int | None = None  # None: same as dim, as in the original
     norm_first: bool = True  # pre-norm blocks (False: post-norm)
     tie_embeddings: bool = True  # score with the input item embeddings
+    positions: str = "start"  # learned positions counted from the first item ("start") or the last ("end")
+
+    def __post_init__(self) -> None:
+        check_positions(self.positions)
 
 
 class SASRecEncoder(SequenceEncoder):
@@ -44,7 +48,8 @@ class SASRecEncoder(SequenceEncoder):
     def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.config.max_len :]
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
-        x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb(positions_from_start(items))
+        pos = self.pos_emb(item_positions(items, self.config.positions))
+        x = self.item_emb(items) * math.sqrt(self.config.dim) + pos
         x = self.drop(x) * real  # (B, L, D)
         mask = attention_mask(items, causal=True)
         for block in self.blocks:
