@@ -67,6 +67,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--l2-norm", action="store_true", default=None,
                    help="hstu: score by cosine / temperature (L2-normalised state and item embeddings)")
     p.add_argument("--temperature", type=float, help="hstu with --l2-norm (default 0.05)")
+    p.add_argument("--original-norm", action="store_true", default=None,
+                   help="sasrec: the original SASRec code's layer-norm placement (normalised queries only)")
     p.add_argument("--positions", choices=("start", "end"),
                    help="sasrec/bert4rec: learned positions counted from the first item (default) or "
                    "back from the last")

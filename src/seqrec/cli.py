@@ -86,6 +86,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--l2-norm", action="store_true", default=None,
                    help="hstu: score by cosine / temperature (L2-normalised state and item embeddings)")
     g.add_argument("--temperature", type=float, help="hstu with --l2-norm (default 0.05)")
+    g.add_argument("--original-norm", action="store_true", default=None,
+                   help="sasrec: the original SASRec code's layer-norm placement (normalised queries only)")
     g.add_argument("--positions", choices=("start", "end"),
                    help="sasrec/bert4rec: learned positions counted from the first item (default) or "
                    "back from the last")
@@ -140,7 +142,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def model_params(args: argparse.Namespace) -> dict[str, Any]:
     names = ("size", "dim", "hidden", "n_layers", "n_heads", "dropout", "ff_dim", "l2_norm", "temperature",
-             "positions")
+             "positions", "original_norm")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

@@ -8,7 +8,7 @@ import torch
 
 import seqrec
 from seqrec.datasets.synthetic import markov_dataset
-from seqrec.models.layers import item_positions
+from seqrec.models.layers import Block, item_positions
 from seqrec.models.registry import MODELS, create
 
 N_ITEMS, L = 40, 12
@@ -176,21 +176,40 @@ def test_positions_count_from_the_first_or_back_from_the_last_item() -> None:
         create("sasrec", n_items=N_ITEMS, positions="middle")
 
 
-@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
-def test_positions_from_the_end_keep_padding_invariance_and_causality(name: str) -> None:
+VARIANTS = [("sasrec", {"positions": "end"}), ("bert4rec", {"positions": "end"}), ("sasrec", {"original_norm": True}),
+            ("sasrec", {"original_norm": True, "positions": "end"})]
+
+
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+def test_model_variants_keep_padding_invariance_and_causality(name: str, variant: dict[str, object]) -> None:
     torch.manual_seed(0)
-    model = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2, positions="end").eval()
+    model = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2, **variant).eval()
     short = _batch(pad=4)[:, 2:]
     long = torch.cat([torch.zeros(5, 2, dtype=torch.long), short], dim=1)
     with torch.no_grad():
         torch.testing.assert_close(model.encode(short)[:, 2:], model.encode(long)[:, 4:], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model.encode_last(short), model.encode_last(long), atol=1e-5, rtol=1e-5)
         torch.manual_seed(0)
-        start = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2).eval()
-        assert not torch.allclose(model.encode_last(short), start.encode_last(short))  # same weights, other positions
+        plain = create(name, n_items=N_ITEMS, max_len=L, dim=16, n_heads=2).eval()
+        assert not torch.allclose(model.encode_last(short), plain.encode_last(short))  # same weights, another model
     if model.causal:
         items = _batch(pad=0)
         changed = items.clone()
         changed[:, 7:] = (changed[:, 7:] % N_ITEMS) + 1
         with torch.no_grad():
             torch.testing.assert_close(model.encode(items)[:, :7], model.encode(changed)[:, :7], atol=1e-5, rtol=1e-5)
+
+
+def test_original_sasrec_norm_normalises_queries_only_and_adds_residuals_to_normalised_inputs() -> None:
+    torch.manual_seed(0)
+    block = Block(8, 2, 8, 0.0, norm="sasrec").eval()
+    x = torch.randn(3, 5, 8) * 4 + 1
+    mask = torch.ones(3, 1, 5, 5, dtype=torch.bool).tril()
+    w, b = block.qkv.weight, block.qkv.bias
+    q_in = block.norm1(x)
+    q = (q_in @ w[:8].T + b[:8]).view(3, 5, 2, 4).transpose(1, 2)
+    k, v = ((x @ w[i:i + 8].T + b[i:i + 8]).view(3, 5, 2, 4).transpose(1, 2) for i in (8, 16))
+    att = torch.softmax((q @ k.transpose(-1, -2)) / 2.0 + torch.where(mask, 0.0, float("-inf")), -1) @ v
+    h = block.norm2(q_in + block.proj(att.transpose(1, 2).reshape(3, 5, 8)))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, mask), h + block.ff(h), atol=1e-5, rtol=1e-5)

@@ -44,7 +44,7 @@ class BERT4RecEncoder(SequenceEncoder):
         self.norm = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            Block(c.dim, c.n_heads, c.ff_dim or 4 * c.dim, c.dropout, c.norm_first, "gelu")
+            Block(c.dim, c.n_heads, c.ff_dim or 4 * c.dim, c.dropout, "pre" if c.norm_first else "post", "gelu")
             for _ in range(c.n_layers))
         self.head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim))
         self.bias = nn.Parameter(torch.zeros(c.n_items + 1))

@@ -57,15 +57,27 @@ def attention_mask(items: torch.Tensor, causal: bool) -> torch.Tensor:
     return mask | torch.eye(L, dtype=torch.bool, device=items.device)
 
 
-class Block(nn.Module):
-    """Transformer block: self-attention then a pointwise feed-forward, pre- or post-norm."""
+NORMS = ("pre", "post", "sasrec")
 
-    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, norm_first: bool,
+
+class Block(nn.Module):
+    """Transformer block: self-attention then a pointwise feed-forward.
+
+    ``norm`` places the layer norms: ``"pre"`` (before each sub-layer, residuals untouched),
+    ``"post"`` (after each residual sum, as in BERT), or ``"sasrec"``, the placement of the
+    original SASRec code (Kang & McAuley's, kept by pmixer's PyTorch port and RecTools): queries are
+    normalised but keys and values are not, the attention residual adds to the *normalised*
+    queries, and the feed-forward residual adds to its normalised input.
+    """
+
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, norm: str = "pre",
                  activation: str = "relu") -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} must be divisible by n_heads {n_heads}")
-        self.n_heads, self.norm_first, self.dropout = n_heads, norm_first, dropout
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.n_heads, self.norm, self.dropout = n_heads, norm, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU() if activation == "gelu" else nn.ReLU(),
@@ -73,18 +85,28 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of queries from ``x`` over keys and values from ``kv`` (default: ``x``)."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # each (B, L, D)
+        if kv is None:
+            q, k, v = self.qkv(x).split(D, dim=2)  # each (B, L, D)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:D], b[:D])
+            k, v = F.linear(kv, w[D:], b[D:]).split(D, dim=2)
         q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, D)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.norm_first:
+        if self.norm == "pre":
             x = x + self.attend(self.norm1(x), mask)
             return x + self.drop(self.ff(self.norm2(x)))
+        if self.norm == "sasrec":
+            q = self.norm1(x)
+            h = self.norm2(q + self.attend(q, mask, kv=x))
+            return h + self.drop(self.ff(h))
         x = self.norm1(x + self.attend(x, mask))
         return self.norm2(x + self.drop(self.ff(x)))
 

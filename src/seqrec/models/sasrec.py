@@ -22,6 +22,7 @@ class SASRecConfig:
     dropout: float = 0.2
     ff_dim: int | None = None  # None: same as dim, as in the original
     norm_first: bool = True  # pre-norm blocks (False: post-norm)
+    original_norm: bool = False  # the original SASRec code's norm placement (overrides norm_first; see Block)
     tie_embeddings: bool = True  # score with the input item embeddings
     positions: str = "start"  # learned positions counted from the first item ("start") or the last ("end")
 
@@ -40,10 +41,15 @@ class SASRecEncoder(SequenceEncoder):
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            Block(c.dim, c.n_heads, c.ff_dim or c.dim, c.dropout, c.norm_first) for _ in range(c.n_layers))
-        self.final_norm = nn.LayerNorm(c.dim) if c.norm_first else nn.Identity()
+            Block(c.dim, c.n_heads, c.ff_dim or c.dim, c.dropout, self.block_norm) for _ in range(c.n_layers))
+        self.final_norm = nn.LayerNorm(c.dim) if c.norm_first or c.original_norm else nn.Identity()
         self.out_emb = None if c.tie_embeddings else nn.Embedding(c.n_items + 1, c.dim, padding_idx=0)
         self.apply(_init)
+
+    @property
+    def block_norm(self) -> str:
+        c = self.config
+        return "sasrec" if c.original_norm else "pre" if c.norm_first else "post"
 
     def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         items = items[:, -self.config.max_len :]
