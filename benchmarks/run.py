@@ -42,6 +42,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix for the result file name")
     p.add_argument("--loss", default="ce")
     p.add_argument("--negatives", type=int, default=1)
+    p.add_argument("--per-target-negatives", action="store_true",
+                   help="sampled softmax: a draw of --negatives per target, not one per batch")
     p.add_argument("--sampler", default="uniform")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
@@ -87,6 +89,7 @@ def main() -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
         n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
+        shared_negatives=not args.per_target_negatives,
         sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
         warmup_steps=args.warmup_steps, schedule=args.schedule)

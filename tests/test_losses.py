@@ -73,6 +73,19 @@ def test_sampled_softmax_with_all_items_equals_full_softmax() -> None:
     torch.testing.assert_close(got, full_ce(model, hidden, targets))
 
 
+def test_per_target_negatives_with_all_items_equal_full_softmax_and_shared_negatives() -> None:
+    torch.manual_seed(1)
+    model = Fixed(torch.randn(12, 4), torch.randn(12))
+    hidden, targets = torch.randn(6, 4), torch.randint(1, 12, (6,))
+    per_target = torch.arange(1, 12).expand(6, -1)  # (M, K): each row its own copy of every item
+    got = sampled_softmax(model, hidden, targets, per_target, log_q=None)
+    torch.testing.assert_close(got, full_ce(model, hidden, targets))
+    draws = torch.randint(1, 12, (6, 5))  # distinct rows: row i alone equals a shared draw of row i
+    log_q = torch.log(torch.full((12,), 1 / 11))
+    rows = [sampled_softmax(model, hidden[i:i + 1], targets[i:i + 1], draws[i], log_q) for i in range(6)]
+    torch.testing.assert_close(sampled_softmax(model, hidden, targets, draws, log_q), torch.stack(rows).mean())
+
+
 def test_sampled_softmax_logq_hand_computed() -> None:
     model = Fixed(E)
     log_q = torch.log(torch.tensor([0.0, 0.5, 0.25, 0.25]))
@@ -107,16 +120,18 @@ def test_bce_ignores_accidental_hits() -> None:
     assert hit.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1))), rel=1e-6)
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("name,sampler", [("sampled", "uniform"), ("sampled", "popularity"),
                                           ("sampled", "in-batch"), ("bce", "uniform"), ("gbce", "popularity")])
-def test_every_loss_gives_finite_gradients(name: str, sampler: str) -> None:
+def test_every_loss_gives_finite_gradients(name: str, sampler: str, shared: bool) -> None:
     torch.manual_seed(2)
     model = Fixed(torch.randn(20, 4))
     hidden = torch.randn(8, 4, requires_grad=True)
     targets = torch.randint(1, 20, (8,))
     counts = torch.randint(1, 50, (20,)).numpy()
     s = NegativeSampler(19, sampler, counts)
-    loss = compute_loss(model, hidden, targets, LossConfig(name, 5, sampler), s, torch.Generator().manual_seed(0))
+    cfg = LossConfig(name, 5, sampler, shared_negatives=shared)
+    loss = compute_loss(model, hidden, targets, cfg, s, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and hidden.grad is not None and torch.isfinite(hidden.grad).all()
 

@@ -94,6 +94,9 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--loss", choices=LOSSES, default="ce")
     g.add_argument("--negatives", type=int, default=1, help="negatives per target (bce/gbce) or per batch (sampled)")
     g.add_argument("--sampler", choices=SAMPLERS, default="uniform")
+    g.add_argument("--per-target-negatives", action="store_true",
+                   help="sampled softmax: draw --negatives for every target instead of once per batch "
+                   "(uniform/popularity samplers)")
     g.add_argument("--logq", action=argparse.BooleanOptionalAction, default=True,
                    help="logQ correction for sampled softmax")
     g.add_argument("--gbce-t", type=float, default=0.75, help="gBCE calibration t")
@@ -134,6 +137,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        weight_decay=args.weight_decay, grad_clip=args.grad_clip or None,
                        patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
                        n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
+                       shared_negatives=not args.per_target_negatives,
                        objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
                        schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, bucket=not args.no_bucket,
                        device=args.device, valid_users=args.valid_users,

@@ -25,10 +25,11 @@ SAMPLERS = ("uniform", "popularity", "in-batch")
 @dataclass(frozen=True)
 class LossConfig:
     name: str = "ce"
-    n_negatives: int = 1  # per target for bce/gbce; shared per batch for sampled softmax
+    n_negatives: int = 1  # per target for bce/gbce; for sampled softmax per batch, or per target if not shared
     sampler: str = "uniform"
     logq: bool = True  # subtract log of the sampling probability (sampled softmax)
     gbce_t: float = 0.75  # gBCE calibration parameter t
+    shared_negatives: bool = True  # sampled softmax: one draw for the whole batch (False: a draw per target)
 
 
 class NegativeSampler:
@@ -68,19 +69,26 @@ def full_ce(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor)
 
 def sampled_softmax(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor,
                     negatives: torch.Tensor, log_q: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over the target and ``negatives`` (K,) shared by the batch; accidental hits masked.
+    """Softmax over the target and its negatives; accidental hits masked.
 
-    With ``log_q`` (the log sampling probability of each id) the logits of sampled items are
-    corrected by ``- log(K q)``, so the estimate of the full softmax gradient is unbiased.
+    ``negatives`` is (K,), shared by the batch (one (M x K) matrix product), or (M, K), a draw per
+    target (as RecTools' SASRec samples them). With ``log_q`` (the log sampling probability of
+    each id) the logits of sampled items are corrected by ``- log(K q)``, so the estimate of the
+    full softmax gradient is unbiased.
     """
     emb = model.item_embeddings()
     pos = (hidden * emb[targets]).sum(-1) + _bias(model, targets)  # (M,)
-    neg = hidden @ emb[negatives].T + _bias(model, negatives)  # (M, K)
+    if negatives.dim() == 1:
+        neg = hidden @ emb[negatives].T + _bias(model, negatives)  # (M, K)
+        hit = negatives[None, :] == targets[:, None]
+    else:
+        neg = torch.einsum("md,mkd->mk", hidden, emb[negatives]) + _bias(model, negatives)  # (M, K)
+        hit = negatives == targets[:, None]
     if log_q is not None:
-        k = negatives.shape[0]
+        k = negatives.shape[-1]
         neg = neg - (log_q[negatives] + math.log(k))
         pos = pos - (log_q[targets] + math.log(k))
-    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    neg = neg.masked_fill(hit, float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1).float()  # (M, 1 + K)
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
@@ -116,7 +124,8 @@ def compute_loss(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Te
             negatives = torch.unique(targets)
             log_q = sampler.log_probs.to(hidden.device) if cfg.logq else None
         else:
-            negatives = sampler.sample((cfg.n_negatives,), generator).to(hidden.device)
+            shape = (cfg.n_negatives,) if cfg.shared_negatives else (targets.shape[0], cfg.n_negatives)
+            negatives = sampler.sample(shape, generator).to(hidden.device)
             log_q = sampler.log_probs.to(hidden.device) if cfg.logq else None
         return sampled_softmax(model, hidden, targets, negatives, log_q)
     negatives = sampler.sample((targets.shape[0], cfg.n_negatives), generator).to(hidden.device)

@@ -23,6 +23,7 @@ class TrainConfig:
     sampler: str = "uniform"  # uniform | popularity | in-batch
     logq: bool = True
     gbce_t: float = 0.75
+    shared_negatives: bool = True  # sampled softmax: one draw of n_negatives per batch (False: per target)
     objective: str | None = None  # None: the model's default ("next" or "cloze")
     mask_prob: float = 0.2  # cloze objective
     warmup_steps: int = 0

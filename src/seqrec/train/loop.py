@@ -103,7 +103,7 @@ class Trainer:
         self.train = training_sequences(split, self.valid, cfg.train_rest_valid)
         counts = np.bincount(self.train.items, minlength=split.n_items + 1)
         self.item_counts = counts
-        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t)
+        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
 
     def fit(self, resume: bool = False) -> FitResult:
