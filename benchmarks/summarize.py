@@ -100,13 +100,16 @@ def targets_table() -> str:
             rows.append(f"| {dataset} | HSTU >= SASRec (ours, both CE) | | {h:.4f} vs {s:.4f} | {h / s:.2f} | "
                         f"{'yes' if h >= s else 'no'} |")
     for dataset, best_published in (("amazon-beauty-s3rec", 0.0611), ("amazon-sports-s3rec", 0.0323)):
-        runs = [r for r in _runs(dataset) if "test" in r and not rest_valid(r)]
-        if runs:  # the model chosen by validation, then its test score
-            top = max(runs, key=lambda r: r["best_valid_NDCG@10"])
+        for variant in (False, True):
+            runs = [r for r in _runs(dataset) if "test" in r and rest_valid(r) == variant]
+            if not runs:
+                continue
+            top = max(runs, key=lambda r: r["best_valid_NDCG@10"])  # chosen by validation, then its test score
             ours = top["test"]["NDCG@10"]
-            rows.append(f"| {dataset} | best seqrec model by validation ({top['model']}) >= best published | "
-                        f"{best_published:.4f} | {ours:.4f} | {ours / best_published:.2f} | "
-                        f"{'yes' if ours >= best_published else 'no'} |")
+            met = ("yes" if ours >= best_published else "no") + (" (variant)" if variant else "")
+            rows.append(f"| {dataset} | best seqrec model by validation ({top['model']}, {top.get('tag') or '-'}) "
+                        f">= best published{VARIANT if variant else ''} | {best_published:.4f} | {ours:.4f} | "
+                        f"{ours / best_published:.2f} | {met} |")
     return "\n".join(rows)
 
 
