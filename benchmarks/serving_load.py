@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shlex
 import signal
@@ -139,12 +140,31 @@ def start_server(artifact: Path, store: str, key: str,
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200 and all_workers_up(base, extra):
                 return proc, shlex.join(cmd), base
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("server did not become healthy in 180 s")
+
+
+def n_workers(extra: list[str]) -> int:
+    return next((int(a.split("=", 1)[1]) for a in extra if a.startswith("--workers=")), 1)
+
+
+def all_workers_up(base: str, extra: list[str]) -> bool:
+    """With `--workers N`: has every worker answered? The client's keep-alive connections are all
+    opened at the start, so a worker still loading then would get none of them for the whole run."""
+    wanted = n_workers(extra)
+    if wanted == 1:
+        return True
+    seen = set()
+    for _ in range(8 * wanted):  # a fresh connection each: the kernel hands it to any worker
+        seen.update(re.findall(r'worker="(\d+)"', httpx.get(f"{base}/metrics", timeout=2).text))
+        if len(seen) >= wanted:
+            return True
+    return False
 
 
 def load_ids(artifact: Path, n_users: int, seed: int) -> tuple[list[str], list[Any]]:
@@ -281,16 +301,24 @@ def busy_processes(exclude: set[int]) -> list[str]:
     return rows[:8]
 
 
-def server_metrics(base: str) -> dict[str, float]:
-    """Batch-size and event counters of the worker that answers (with `--workers`, one of them)."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    got: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count",
-                            "seqrec_events_stored_total")):
-            name, value = line.rsplit(" ", 1)
-            got[name.split("{")[0]] = float(value)  # drop the worker="<pid>" label
-    return got
+def server_metrics(base: str, workers: int) -> dict[str, float]:
+    """Batch-size and event counters, summed over the workers (each /metrics call reaches one)."""
+    per_worker: dict[str, dict[str, float]] = {}
+    for _ in range(8 * workers):
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        got: dict[str, float] = {}
+        worker = "only"
+        for line in text.splitlines():
+            if line.startswith(("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count",
+                                "seqrec_events_stored_total")):
+                name, value = line.rsplit(" ", 1)
+                worker = next(iter(re.findall(r'worker="(\d+)"', name)), "only")
+                got[name.split("{")[0]] = float(value)
+        per_worker[worker] = got
+        if len(per_worker) >= workers:
+            break
+    return {k: sum(w.get(k, 0.0) for w in per_worker.values()) for k in
+            ("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count", "seqrec_events_stored_total")}
 
 
 def main() -> int:
@@ -306,16 +334,18 @@ def main() -> int:
         server_pids = process_tree(proc.pid)
         beside_before = busy_processes({os.getpid(), *server_pids})
         cpu0, own0 = cpu_seconds(proc.pid), sum(os.times()[:2])
+        t_load = time.perf_counter()
         tally, measured = asyncio.run(run_load(base, users, items, args, key))
+        load_wall = time.perf_counter() - t_load  # warm-up included, as the CPU counters are
         server_cpu, own_cpu = cpu_seconds(proc.pid) - cpu0, sum(os.times()[:2]) - own0
         beside_after = busy_processes({os.getpid(), *server_pids})
-        metrics = server_metrics(base)
+        metrics = server_metrics(base, n_workers(args.serve_arg))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         tmp.cleanup()
     result = report(args, tally, measured, health, train_cmd, serve_cmd, artifact, store,
-                    server_cpu, own_cpu, metrics, beside_before, beside_after)
+                    server_cpu / load_wall, own_cpu / load_wall, metrics, beside_before, beside_after)
     out = ROOT / "benchmarks" / "results" / f"serving-{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -325,7 +355,7 @@ def main() -> int:
 
 
 def report(args: argparse.Namespace, tally: Tally, measured: float, health: dict[str, Any], train_cmd: str | None,
-           serve_cmd: str, artifact: Path, store: str, server_cpu: float, own_cpu: float,
+           serve_cmd: str, artifact: Path, store: str, server_cores: float, own_cores: float,
            metrics: dict[str, float], beside_before: list[str], beside_after: list[str]) -> dict[str, Any]:
     everything = tally.latencies["read"] + tally.latencies["write"]
     n_err = sum(tally.errors.values())
@@ -348,8 +378,8 @@ def report(args: argparse.Namespace, tally: Tally, measured: float, health: dict
         "latency": lat,
         "latency_by_op": {op: percentiles(v) | {"count": len(v)} for op, v in tally.latencies.items()},
         "mean_score_batch": round(metrics.get("seqrec_score_batch_size_sum", 0.0) / batches, 2) if batches else None,
-        "cpu": {"server_cores": round(server_cpu / measured, 2) if measured else None,
-                "load_generator_cores": round(own_cpu / measured, 2) if measured else None,
+        "cpu": {"server_cores": round(server_cores, 2), "load_generator_cores": round(own_cores, 2),
+                "over": "the whole load, warm-up included (session 3's files divided by the measured seconds only)",
                 "machine_cores": os.cpu_count()},
         "target": {"rps": 500, "p99_ms": 25, "errors": 0},
         "target_met": rps >= 500 and lat.get("p99_ms", 1e9) < 25 and n_err == 0,

@@ -37,11 +37,12 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_env(tmp_path: Path) ->
 
 def test_worker_processes_rebuild_the_same_settings_with_the_key_outside_the_json(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", str(tmp_path), "--workers", "2", "--history-cap", "7",
-                                      "--read-requires-key", "--store", "redis://127.0.0.1:6379/1"])
+                                      "--gil-switch-ms", "0.5", "--read-requires-key",
+                                      "--store", "redis://127.0.0.1:6379/1"])
     cfg = settings_from_args(args, {"SEQREC_API_KEY": "secret-key"})
     env = settings_to_environment(cfg)
     assert "secret-key" not in env["SEQREC_SERVE_SETTINGS"] and env["SEQREC_API_KEY"] == "secret-key"
-    assert settings_from_environment(env) == cfg and cfg.workers == 2
+    assert settings_from_environment(env) == cfg and (cfg.workers, cfg.gil_switch_ms) == (2, 0.5)
     keyless = settings_from_args(args, {})
     assert settings_from_environment(settings_to_environment(keyless)).api_key is None
 
@@ -79,6 +80,7 @@ def test_bad_settings_fail_in_one_line(capsys: pytest.CaptureFixture[str], artif
     assert "cannot open" in one_error_line(capsys, ["serve", art, "--store", f"sqlite:///{tmp_path}/no/such/dir.db"])
     assert "--history-cap" in one_error_line(capsys, ["serve", art, "--history-cap", "0"])
     assert "--workers" in one_error_line(capsys, ["serve", art, "--workers", "0"])
+    assert "--gil-switch-ms" in one_error_line(capsys, ["serve", art, "--gil-switch-ms", "0"])
     (tmp_path / "key").write_text("\n")
     assert "is empty" in one_error_line(capsys, ["serve", art, "--api-key-file", str(tmp_path / "key")])
 

@@ -35,6 +35,9 @@ class ServeSettings:
     torch_threads: int = 1
     access_log: bool = False  # off by default: access lines carry user ids and cost CPU
     workers: int = 1  # service processes sharing the port and the store (each loads the model)
+    # How long a thread may hold the GIL before another may take it (Python's default is 5 ms): the event
+    # loop and the scorer thread hand it back and forth, and every wait adds to a request's latency.
+    gil_switch_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.history_cap < 1:
@@ -45,6 +48,8 @@ class ServeSettings:
             raise SeqrecError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
         if self.max_score_batch < 1 or self.torch_threads < 1 or self.workers < 1:
             raise SeqrecError("--max-score-batch, --torch-threads and --workers must be >= 1")
+        if not 0.01 <= self.gil_switch_ms <= 1000:
+            raise SeqrecError(f"--gil-switch-ms must be between 0.01 and 1000, got {self.gil_switch_ms}")
         if not self.store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
             raise SeqrecError(f"--store {self.store!r}: use sqlite:///path.db or redis://host:port/db")
 
@@ -108,4 +113,4 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         api_key=read_api_key(args.api_key_file, environ), read_requires_key=args.read_requires_key,
         history_cap=args.history_cap, max_body_bytes=args.max_body_bytes, max_score_batch=args.max_score_batch,
         torch_threads=args.torch_threads or default_torch_threads(args.workers), access_log=args.access_log,
-        workers=args.workers)
+        workers=args.workers, gil_switch_ms=args.gil_switch_ms)
