@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,19 @@ def test_worker_processes_rebuild_the_same_settings_with_the_key_outside_the_jso
     assert settings_from_environment(env) == cfg and (cfg.workers, cfg.gil_switch_ms) == (2, 0.5)
     keyless = settings_from_args(args, {})
     assert settings_from_environment(settings_to_environment(keyless)).api_key is None
+
+
+def test_workers_on_a_taken_port_fail_in_one_line(capsys: pytest.CaptureFixture[str], artifact_dir: Path,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SEQREC_SERVE_SETTINGS", "SEQREC_API_KEY"):  # run() exports both; restore them afterwards
+        monkeypatch.setenv(name, "")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_error_line(capsys, ["serve", str(artifact_dir), "--workers", "2", "--port", port,
+                                       "--store", f"sqlite:///{tmp_path / 'events.db'}"])
+    assert f"cannot listen on 127.0.0.1:{port}" in line
 
 
 def corrupt_copy(src: Path, dst: Path) -> Path:

@@ -71,12 +71,43 @@ def test_workers_share_the_store_and_label_their_metrics(artifact_dir: Path, tmp
                        for _ in range(8)}
             assert lengths == {i + 1}
         workers = set()
-        for _ in range(8):
+        for _ in range(24):  # fresh connections: SO_REUSEPORT hashes each to one of the two workers
             text = httpx.get(f"{base}/metrics").text
             info = next(line for line in text.splitlines() if line.startswith("seqrec_model_info{"))
             workers.add(info.split('worker="')[1].split('"')[0])
             assert 'seqrec_events_stored_total{worker="' in text
-        assert workers and str(proc.pid) not in workers  # the workers answer, not the supervisor
+        assert len(workers) == 2 and str(proc.pid) not in workers  # both workers answer, never the supervisor
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def worker_pids(base: str, tries: int = 24) -> set[str]:
+    seen = set()
+    for _ in range(tries):
+        seen.update(line.split('worker="')[1].split('"')[0] for line in httpx.get(f"{base}/metrics").text.splitlines()
+                    if line.startswith("seqrec_model_info{"))
+    return seen
+
+
+def test_the_supervisor_replaces_a_killed_worker(artifact_dir: Path, tmp_path: Path, free_port: int) -> None:
+    base = f"http://127.0.0.1:{free_port}"
+    proc = start(artifact_dir, free_port, tmp_path / "events.db", "--workers", "2")
+    try:
+        before = worker_pids(base)
+        assert len(before) == 2
+        victim = sorted(before)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        after: set[str] = set()
+        while time.monotonic() < deadline and len(after - {victim}) < 2:
+            time.sleep(1.0)
+            try:
+                after = worker_pids(base, tries=8)
+            except httpx.TransportError:
+                continue
+        assert victim not in after and len(after) == 2  # a new worker took the dead one's place
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         from seqrec.serve.service import build_service
     except ImportError as exc:
         raise SeqrecError(f"`seqrec serve` needs {exc.name}: pip install 'seqrec[serve]'") from None
+    from seqrec.serve import workers
+
+    if settings.workers > 1 and workers.supported():
+        workers.reuseport_socket(settings.host, settings.port).close()  # a taken port fails here, in one line
     _use_process_settings(settings)
     service = build_service(settings)  # a bad artifact or store fails here, before the port opens
     _announce(settings, service.version, service.store.kind)
@@ -68,12 +72,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     service.close()  # checked; each worker loads its own copy
     os.environ.update(settings_to_environment(settings))  # the spawned workers inherit it
+    if workers.supported():  # one listening socket per worker: the kernel spreads the connections
+        return workers.run_workers(settings)
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
     return 0
 
 
 def worker_app() -> Any:
-    """The app of one ``--workers`` process (uvicorn calls this in each spawned worker)."""
+    """The app of one ``--workers`` process (built in each spawned worker)."""
     from seqrec.serve.api import create_app
     from seqrec.serve.service import build_service
 
