@@ -1,4 +1,4 @@
-"""Load test for `seqrec serve`: a closed-loop asyncio + httpx client against a real server on loopback.
+"""Load test for `seqrec serve`: a closed-loop asyncio HTTP client against a real server on loopback.
 
     python benchmarks/serving_load.py --name beauty-gru4rec            # trains runs/beauty-serve if absent
     python benchmarks/serving_load.py --train-model sasrec --train-out runs/beauty-serve-sasrec --name beauty-sasrec
