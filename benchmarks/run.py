@@ -42,6 +42,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix for the result file name")
     p.add_argument("--loss", default="ce")
     p.add_argument("--negatives", type=int, default=1)
+    p.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm; 0 turns clipping off")
     p.add_argument("--per-target-negatives", action="store_true",
                    help="sampled softmax: a draw of --negatives per target, not one per batch")
     p.add_argument("--sampler", default="uniform")
@@ -89,7 +90,7 @@ def main() -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
         n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
-        shared_negatives=not args.per_target_negatives,
+        shared_negatives=not args.per_target_negatives, grad_clip=args.grad_clip or None,
         sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
         warmup_steps=args.warmup_steps, schedule=args.schedule)
