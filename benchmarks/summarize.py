@@ -145,7 +145,8 @@ def speed_tables() -> str:
         lat = r["latency"]
         rows.append(f"| serving {r['name']} (80% reads / 20% writes, {r['mix']['distinct_users']:,} users) | "
                     f"{r['requests_per_second']:.0f} req/s, p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, "
-                    f"p99 {lat['p99_ms']:.0f} ms, {r['errors']} errors | target 500 req/s, p99 < 25 ms | "
+                    f"p99 {lat['p99_ms']:.0f} ms, {r['errors']} errors | target 500 req/s, p99 < 25 ms: "
+                    f"{'met' if r.get('target_met') else 'not met'} | "
                     f"`{r['command'][:160]}` |")
     return "\n".join(rows)
 
