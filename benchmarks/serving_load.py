@@ -39,6 +39,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # never anything else: this is a local benchmark
+WORKER_LABEL = re.compile(r'worker="(\d+)"')  # on every /metrics series when --workers > 1
+COUNTERS = ("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count", "seqrec_events_stored_total")
 TRAIN_CMD = ["seqrec", "train", "--dataset", "amazon-beauty-bert4rec", "--epochs", "1", "--quiet"]
 
 
@@ -161,7 +163,7 @@ def all_workers_up(base: str, extra: list[str]) -> bool:
         return True
     seen = set()
     for _ in range(8 * wanted):  # a fresh connection each: the kernel hands it to any worker
-        seen.update(re.findall(r'worker="(\d+)"', httpx.get(f"{base}/metrics", timeout=2).text))
+        seen.update(WORKER_LABEL.findall(httpx.get(f"{base}/metrics", timeout=2).text))
         if len(seen) >= wanted:
             return True
     return False
@@ -265,9 +267,14 @@ def cpu_seconds(pid: int) -> float:
     return sum(_own_cpu_seconds(p) for p in process_tree(pid))
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces): state, ppid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _own_cpu_seconds(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except OSError:  # exited meanwhile
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -276,12 +283,12 @@ def _own_cpu_seconds(pid: int) -> float:
 def process_tree(pid: int) -> set[int]:
     """``pid`` and every live descendant of it."""
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(_stat_fields(proc_dir.name)[1])
         except (OSError, ValueError, IndexError):
             continue
-        parents.setdefault(ppid, []).append(int(stat.parent.name))
+        parents.setdefault(ppid, []).append(int(proc_dir.name))
     tree, todo = set(), [pid]
     while todo:
         p = todo.pop()
@@ -309,16 +316,14 @@ def server_metrics(base: str, workers: int) -> dict[str, float]:
         got: dict[str, float] = {}
         worker = "only"
         for line in text.splitlines():
-            if line.startswith(("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count",
-                                "seqrec_events_stored_total")):
+            if line.startswith(COUNTERS):
                 name, value = line.rsplit(" ", 1)
-                worker = next(iter(re.findall(r'worker="(\d+)"', name)), "only")
+                worker = next(iter(WORKER_LABEL.findall(name)), "only")
                 got[name.split("{")[0]] = float(value)
         per_worker[worker] = got
         if len(per_worker) >= workers:
             break
-    return {k: sum(w.get(k, 0.0) for w in per_worker.values()) for k in
-            ("seqrec_score_batch_size_sum", "seqrec_score_batch_size_count", "seqrec_events_stored_total")}
+    return {k: sum(w.get(k, 0.0) for w in per_worker.values()) for k in COUNTERS}
 
 
 def main() -> int:

@@ -43,12 +43,16 @@ class Metrics:
         """``worker`` (set when several processes serve one port) labels every series, so the
         counters of different workers stay separate series rather than one that jumps."""
         self._lock = threading.Lock()
-        self._worker = "" if worker is None else f'worker="{worker}",'
-        self._info = f'{self._worker}model="{model}",version="{version}",store="{store}"'
+        self._worker = "" if worker is None else f'worker="{worker}"'
+        self._info = self._labels(f'model="{model}",version="{version}",store="{store}"')
         self._requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self._latency: dict[tuple[str, str], Histogram] = {}
         self._batches = Histogram(BATCH_BUCKETS)
         self._counters = {"events_stored": 0, "events_unknown_item": 0, "users_forgotten": 0}
+
+    def _labels(self, labels: str = "") -> str:
+        """``labels`` with the worker label in front, when there is one."""
+        return ",".join(part for part in (self._worker, labels) if part)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -72,20 +76,20 @@ class Metrics:
                      f"seqrec_model_info{{{self._info}}} 1"]
             lines += _header("seqrec_http_requests_total", "counter", "HTTP requests by route and status.")
             for (method, route, status), n in sorted(self._requests.items()):
-                lines.append(f'seqrec_http_requests_total{{{self._worker}method="{method}",route="{route}",'
-                             f'status="{status}"}} {n}')
+                labels = self._labels(f'method="{method}",route="{route}",status="{status}"')
+                lines.append(f"seqrec_http_requests_total{{{labels}}} {n}")
             lines += _header("seqrec_http_request_duration_seconds", "histogram",
                              "Time from the request's arrival to the end of its response.")
             for (method, route), hist in sorted(self._latency.items()):
                 lines += hist.lines("seqrec_http_request_duration_seconds",
-                                    f'{self._worker}method="{method}",route="{route}"')
+                                    self._labels(f'method="{method}",route="{route}"'))
             lines += _header("seqrec_score_batch_size", "histogram", "Requests scored per forward pass.")
-            lines += self._batches.lines("seqrec_score_batch_size", self._worker.rstrip(","))
+            lines += self._batches.lines("seqrec_score_batch_size", self._labels())
+            braces = f"{{{self._worker}}}" if self._worker else ""
             for name, help_text in (("events_stored", "Events written to the state store."),
                                     ("events_unknown_item", "Stored events whose item the model does not know."),
                                     ("users_forgotten", "DELETE /v1/users/{user_id} calls.")):
                 lines += _header(f"seqrec_{name}_total", "counter", help_text)
-                braces = f"{{{self._worker.rstrip(',')}}}" if self._worker else ""
                 lines.append(f"seqrec_{name}_total{braces} {self._counters[name]}")
         return "\n".join(lines) + "\n"
 

@@ -99,7 +99,7 @@ def _worker_main(log_level: str) -> None:
     from seqrec.serve.settings import settings_from_environment
 
     settings = settings_from_environment()
-    app = worker_app()
+    app = worker_app(settings)
     sock = reuseport_socket(settings.host, settings.port)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=settings.access_log,
                             log_level=log_level)
