@@ -60,6 +60,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--mask-prob", type=float, default=0.2)
     p.add_argument("--no-sliding", action="store_true")
+    p.add_argument("--no-bucket", action="store_true", help="random batches, not grouped by length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dim", type=int)
     p.add_argument("--hidden", type=int)
@@ -91,7 +92,7 @@ def main() -> int:
         patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
         n_negatives=args.negatives, sampler=args.sampler, mask_prob=args.mask_prob,
         shared_negatives=not args.per_target_negatives, grad_clip=args.grad_clip or None,
-        sliding=not args.no_sliding, max_seconds=args.max_minutes * 60, device="cpu",
+        sliding=not args.no_sliding, bucket=not args.no_bucket, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
         warmup_steps=args.warmup_steps, schedule=args.schedule)
     params = model_params(args)  # the same model options as `seqrec train`

@@ -106,7 +106,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     g.add_argument("--no-sliding", action="store_true", help="one training window per user (most recent)")
-    g.add_argument("--no-bucket", action="store_true", help="do not batch windows by length (slower, same loss)")
+    g.add_argument("--no-bucket", action="store_true", help="random batches, not grouped by length "
+                   "(slower; bucketed batches weigh every target alike, as random ones do)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--out", type=Path, help="artifact directory to write")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -117,6 +117,43 @@ def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split)
     assert sorted(epoch_rows.tolist()) == list(range(fast.windows.shape[0]))
 
 
+def test_row_weights_give_every_target_the_same_weight() -> None:
+    """Bucketed batches: a batch's mean loss is scaled by its targets over the mean so far, so a
+    target weighs the same in a batch of 40 as in one of 4,000 (random batches' objective)."""
+    from seqrec.train.loop import RowWeights
+
+    w = RowWeights()
+    assert w.weight(100) == 1.0  # the first batch is the mean so far
+    assert w.weight(300) == 300 / 200  # mean of (100, 300)
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.randint(20, 5000, (4000,), generator=gen).tolist()
+    w = RowWeights()
+    per_target = [w.weight(n) / n for n in sizes]
+    mean = sum(sizes) / len(sizes)
+    assert per_target[-1] == pytest.approx(1 / mean, rel=1e-12)
+    # after a start, each target's weight stays within 6% of 1 / (mean targets per batch)
+    assert max(abs(x * mean - 1) for x in per_target[1000:]) < 0.06
+
+
+def test_bucketed_training_scales_each_batch_by_its_targets(split: seqrec.Split,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqrec.train import loop
+
+    seen: list[int] = []
+    weight = loop.RowWeights.weight
+
+    def spy(self: loop.RowWeights, rows: int) -> float:
+        seen.append(rows)
+        return weight(self, rows)
+
+    monkeypatch.setattr(loop.RowWeights, "weight", spy)
+    _run(split, dataclasses.replace(CFG, epochs=1))
+    assert len(seen) > 1 and len(set(seen)) > 1  # one call per step, with the batch's own targets
+    seen.clear()
+    _run(split, dataclasses.replace(CFG, epochs=1, bucket=False))
+    assert seen == []  # random batches: the plain mean
+
+
 def test_validation_on_a_user_subset_is_used_for_early_stopping(split: seqrec.Split) -> None:
     cfg = dataclasses.replace(CFG, epochs=2, valid_users=30)
     history, _ = _run(split, cfg)

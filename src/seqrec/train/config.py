@@ -17,7 +17,7 @@ class TrainConfig:
     seed: int = 0
     max_len: int = 50
     sliding: bool = True  # cut long training sequences into windows (every event a target once)
-    bucket: bool = True  # batch windows of similar length together and trim shared padding
+    bucket: bool = True  # batch windows of similar length together, trim shared padding, weigh targets alike
     loss: str = "ce"  # ce | sampled | bce | gbce
     n_negatives: int = 1
     sampler: str = "uniform"  # uniform | popularity | in-batch

@@ -91,6 +91,25 @@ def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequen
     return split.train.replace_rows(split.test.users[rest], split.test.history.subset(np.flatnonzero(rest)))
 
 
+class RowWeights:
+    """Weight of a batch's mean loss so that every loss row (target) counts alike across batches.
+
+    Bucketed batches hold windows of similar length, so their numbers of targets differ widely (a
+    batch of short histories may hold a few hundred, one of long histories thousands). With each
+    batch's loss a mean over its own targets, every batch would weigh the same and a target in a
+    short-history batch many times more than one in a long-history batch: not the objective of
+    random batches. Scaling the batch mean by ``rows / mean rows per batch so far`` gives every
+    target the same weight, as a random batch of average size does.
+    """
+
+    def __init__(self) -> None:
+        self.rows, self.batches = 0, 0
+
+    def weight(self, rows: int) -> float:
+        self.rows, self.batches = self.rows + rows, self.batches + 1
+        return rows * self.batches / self.rows if self.rows else 1.0
+
+
 class Trainer:
     def __init__(self, model: SequenceEncoder, split: Split, cfg: TrainConfig,
                  out_dir: Path | None = None, progress: bool = True,
@@ -105,6 +124,7 @@ class Trainer:
         self.item_counts = counts
         self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
+        self._rows = RowWeights()
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
@@ -119,6 +139,7 @@ class Trainer:
         if resume and ckpt and (ckpt / "state.json").exists():
             best, loop = load_checkpoint(ckpt, model, opt)
             start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
+            self._rows.rows, self._rows.batches = loop.get("row_weights", (0, 0))
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
@@ -139,7 +160,7 @@ class Trainer:
                 save_checkpoint(ckpt, model, best, opt, {
                     "epoch": epoch, "bad_epochs": bad, "history": result.history,
                     "best_epoch": result.best_epoch, "best_metric": result.best_metric,
-                    "seconds": result.seconds})
+                    "seconds": result.seconds, "row_weights": [self._rows.rows, self._rows.batches]})
             if self.on_epoch:
                 self.on_epoch(row)
         model.load_state_dict(best)
@@ -185,7 +206,7 @@ class Trainer:
             mask = targets > 0
             loss = compute_loss(self.model, hidden[mask], targets[mask], self.loss_cfg, self.sampler, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self._rows.weight(int(mask.sum())) if self.cfg.bucket else loss).backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         opt.step()
