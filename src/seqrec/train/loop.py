@@ -91,6 +91,7 @@ def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequen
     return split.train.replace_rows(split.test.users[rest], split.test.history.subset(np.flatnonzero(rest)))
 
 
+@dataclass
 class RowWeights:
     """Weight of a batch's mean loss so that every loss row (target) counts alike across batches.
 
@@ -102,8 +103,8 @@ class RowWeights:
     target the same weight, as a random batch of average size does.
     """
 
-    def __init__(self) -> None:
-        self.rows, self.batches = 0, 0
+    rows: int = 0  # targets seen so far in this fit
+    batches: int = 0
 
     def weight(self, rows: int) -> float:
         self.rows, self.batches = self.rows + rows, self.batches + 1
@@ -124,7 +125,7 @@ class Trainer:
         self.item_counts = counts
         self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
-        self._rows = RowWeights()
+        self._rows = RowWeights()  # replaced at the start of each fit: the running mean belongs to one fit
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
@@ -135,11 +136,12 @@ class Trainer:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         result, start_epoch, best, bad = FitResult(), 0, self._snapshot(), 0
+        self._rows = RowWeights()
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
         if resume and ckpt and (ckpt / "state.json").exists():
             best, loop = load_checkpoint(ckpt, model, opt)
             start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
-            self._rows.rows, self._rows.batches = loop.get("row_weights", (0, 0))
+            self._rows = RowWeights(*loop.get("row_weights", (0, 0)))
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
