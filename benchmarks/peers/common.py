@@ -34,7 +34,6 @@ def set_threads(n: int) -> None:
     """Call before torch is imported; run.py also sets these in the worker's environment."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def start(description: str) -> tuple[argparse.Namespace, Progress]:

@@ -40,6 +40,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--rounds", type=int, default=1, help="repeat, alternating the order each round")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
+                   help="OMP_WAIT_POLICY for every worker; 'default' leaves it unset (each library's own behaviour)")
     p.add_argument("--max-users", type=int, default=0, help="keep only the first N users (smoke tests)")
     p.add_argument("--data", type=Path, default=DATA_FILE)
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/peers-<date>.json)")
@@ -95,8 +97,11 @@ def run_worker(tool: str, data: Path, raw: Path, args: argparse.Namespace) -> di
     cmd = worker_command(tool, data, out, args)
     t = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
-           "OMP_WAIT_POLICY": "PASSIVE", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONUNBUFFERED": "1"}
+           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
+    env.pop("OMP_WAIT_POLICY", None)
+    if args.omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     cap = args.cap_minutes * 60
     print(f"[peers] {tool}: running (cap {args.cap_minutes:g} min), log {log}", flush=True)
     t0 = time.perf_counter()
@@ -149,6 +154,7 @@ def summarize(tool: str, path: Path, wall: float, killed: bool, code: int | None
         "tool": tool, "version": meta.get("version"), "exit_code": code, "killed_at_cap": killed,
         "wall_seconds": wall, "epochs_run": len(epochs),
         "median_epoch_seconds": statistics.median(r["epoch_seconds"] for r in epochs) if epochs else None,
+        "median_valid_eval_seconds": _median(r.get("valid_eval_seconds") for r in epochs),
         "best_valid_NDCG@10": max((v for _, v in valid), default=None),
         "seconds_to_valid_NDCG@10>=0.030": reached,
         "time_to_quality_lower_bound": reached is None and killed,
@@ -179,6 +185,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "round": rnd, "peer": peer["tool"],
                 "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
                 "eval_speed": _div(peer["test_eval_seconds"], mine["test_eval_seconds"]),
+                "valid_eval_speed": _div(peer["median_valid_eval_seconds"], mine["median_valid_eval_seconds"]),
                 "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
                 "memory": _div(_peak(peer), _peak(mine)),
             })
@@ -193,6 +200,11 @@ def _peak(run: dict[str, Any]) -> float | None:
     return run["peak_rss_mb"] if run["epochs_run"] or not run["killed_at_cap"] else None
 
 
+def _median(xs: Any) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -205,7 +217,8 @@ def _f(x: float | None, fmt: str = ".4f", bound: bool = False) -> str:
 
 def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
     lines = ["| round | tool | version | epochs | s/epoch | s to valid NDCG@10≥0.030 | best valid | test NDCG@10 "
-             "| test HR@10 | test eval s | peak RSS MB | children max RSS so far MB |", "|" + "---|" * 12]
+             "| test HR@10 | test eval s | valid eval s (median) | peak RSS MB | children max RSS so far MB |",
+             "|" + "---|" * 13]
     for r in runs:
         ttq = r["seconds_to_valid_NDCG@10>=0.030"]
         ttq_s = _f(ttq, ".0f") if ttq is not None else f"> cap ({r['wall_seconds']:.0f})" if r["killed_at_cap"] \
@@ -213,13 +226,15 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['round']} | {r['tool']} | {r['version']} | {r['epochs_run']} "
                      f"| {_f(r['median_epoch_seconds'], '.1f')} | {ttq_s} | {_f(r['best_valid_NDCG@10'])} "
                      f"| {_f(r['test_NDCG@10'])} | {_f(r['test_HR@10'])} | {_f(r['test_eval_seconds'], '.1f')} "
-                     f"| {_f(r['peak_rss_mb'], '.0f')} | {_f(r.get('children_max_rss_mb_so_far'), '.0f')} |")
+                     f"| {_f(r.get('median_valid_eval_seconds'), '.1f')} | {_f(r['peak_rss_mb'], '.0f')} "
+                     f"| {_f(r.get('children_max_rss_mb_so_far'), '.0f')} |")
     if rat:
-        lines += ["", "| round | peer | time-to-quality (peer/seqrec) | eval speed | epoch time | memory |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| round | peer | time-to-quality (peer/seqrec) | test eval speed | valid eval speed "
+                  "| epoch time | memory |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {x['round']} | {x['peer']} "
                   f"| {_f(x['time_to_quality'], '.2f', x['time_to_quality_is_lower_bound'])}"
-                  f" | {_f(x['eval_speed'], '.2f')} | {_f(x['epoch_time'], '.2f')} | {_f(x['memory'], '.2f')} |"
+                  f" | {_f(x['eval_speed'], '.2f')} | {_f(x.get('valid_eval_speed'), '.2f')}"
+                  f" | {_f(x['epoch_time'], '.2f')} | {_f(x['memory'], '.2f')} |"
                   for x in rat]
     return "\n".join(lines)
 
@@ -269,6 +284,7 @@ def main() -> int:
                     "batch 128, lr 1e-3, each tool's default dropout",
         "data": {"file": str(args.data), "max_users": args.max_users, **stats},
         "cap_minutes": args.cap_minutes, "threads": args.threads, "rounds": args.rounds,
+        "omp_wait_policy": args.omp_wait_policy,
         "install_seconds": install, "runs": runs, "ratios_peer_over_seqrec": rat,
         "command": "python " + " ".join(sys.argv), "ran_beside": args.note,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -71,8 +71,9 @@ def main() -> int:
         t = time.perf_counter()
         model.fit_partial(train_ds, min_epochs=1, max_epochs=1)
         epoch += 1
-        valid, _, _ = score(valid_target, train_ds)
-        progress.write("epoch", epoch=epoch, valid_ndcg10=valid, epoch_seconds=time.perf_counter() - t, loss=None)
+        valid, _, valid_secs = score(valid_target, train_ds)
+        progress.write("epoch", epoch=epoch, valid_ndcg10=valid, epoch_seconds=time.perf_counter() - t, loss=None,
+                       valid_eval_seconds=valid_secs)
         best, bad = (valid, 0) if valid > best else (best, bad + 1)
     progress.write("trained", best_valid=best, epochs=epoch)
     ndcg, hr, secs = score(test_target, hist_ds)

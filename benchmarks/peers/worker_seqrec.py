@@ -40,7 +40,8 @@ def main() -> int:
 
     def on_epoch(row: dict[str, float]) -> None:
         progress.write("epoch", epoch=int(row["epoch"]), valid_ndcg10=row.get("valid_NDCG@10"),
-                       epoch_seconds=row["seconds"], loss=row.get("loss"))
+                       epoch_seconds=row["seconds"], loss=row.get("loss"),
+                       valid_eval_seconds=row.get("eval_seconds"))
 
     result = rec.fit(data, split, progress=False, on_epoch=on_epoch)
     progress.write("trained", best_epoch=result.best_epoch, best_valid=result.best_metric)

@@ -28,7 +28,7 @@ def _train(log: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 def _history(out: Path) -> list[dict[str, float]]:
     info = json.loads((out / "info.json").read_text())
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in info["history"]]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in info["history"]]
 
 
 @pytest.mark.slow

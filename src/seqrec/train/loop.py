@@ -149,8 +149,10 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             loss = self._epoch(batches, opt, epoch, total_steps)
+            t_valid = time.perf_counter()
             metrics = self.validate()
-            row = {"epoch": epoch + 1, "loss": loss, **metrics, "seconds": time.perf_counter() - t0}
+            row = {"epoch": epoch + 1, "loss": loss, **metrics, "eval_seconds": time.perf_counter() - t_valid,
+                   "seconds": time.perf_counter() - t0}
             result.history.append(row)
             result.seconds += row["seconds"]
             score = metrics[f"valid_{cfg.valid_metric}"]
