@@ -8,17 +8,18 @@
    amazon-beauty-bert4rec batches, split into phases (batch, encoder forward, loss with its
    gradients, encoder backward, clip + optimiser), counts FLOPs (torch's FlopCounterMode for
    the encoder, 6 M N D for the output layer), and projects the epoch time.
-3. Writes benchmarks/results/roofline-<threads>t.json.
+3. Writes benchmarks/results/roofline-<threads>t[-bf16][-<tag>].json.
+
+``--bf16`` times the steps under bfloat16 autocast (the catalog matmuls in bf16 too) and adds the
+limit at the bf16 peak. OpenMP's wait policy is left as the caller sets it (recorded in the JSON):
+``OMP_WAIT_POLICY=PASSIVE python benchmarks/roofline.py`` shows what sleeping threads cost a lone process.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -55,15 +56,22 @@ def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 7) 
 
 
 def peaks() -> dict[str, float]:
+    """Keys square_<side>_<dtype>: bf16 is measured at side 1024 first and at 4096 only where it is
+    fast (AMX, AVX512-BF16); without them a 4096 product takes minutes."""
     out = {}
     for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        # bf16 has no native matmul on AVX2-only CPUs and runs tens of times slower: smaller sizes
-        side = 4096 if tag == "fp32" else 1024
-        out[f"square_{side}_{tag}"] = matmul_gflops(side, side, side, dtype, 3)
+        small = matmul_gflops(1024, 1024, 1024, dtype, 3) if tag == "bf16" else None
+        if small is not None and small < 50:
+            out[f"square_1024_{tag}"] = small
+        else:
+            out[f"square_4096_{tag}"] = matmul_gflops(4096, 4096, 4096, dtype, 5)
         out[f"output_layer_256x64x2048_{tag}"] = matmul_gflops(256, 64, 2048, dtype, 21)
-        if tag == "fp32":
-            out["output_layer_512x64x54543_fp32"] = matmul_gflops(512, 64, 54543, dtype, 3)
+        out[f"output_layer_512x64x54543_{tag}"] = matmul_gflops(512, 64, 54543, dtype, 3)
     return out
+
+
+def square_peak(peak: dict[str, float], tag: str) -> float:
+    return peak.get(f"square_4096_{tag}") or peak[f"square_1024_{tag}"]
 
 
 def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +87,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     it = iter(batches.epoch(gen))
     model.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
     for step in range(args.steps + 3):
         t0 = time.perf_counter()
         batch = next(it)
@@ -86,14 +95,16 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
         counter = FlopCounterMode(display=False) if step == 3 else None
         if counter is not None:
             counter.__enter__()
-        hidden = model.encode(batch.items)
+        with autocast:
+            hidden = model.encode(batch.items)
         mask = batch.targets > 0
         h = hidden[mask]
         h_leaf = h.detach().requires_grad_()
         t2 = time.perf_counter()
         if counter is not None:
             counter.__exit__(None, None, None)
-        loss = compute_loss(model, h_leaf, batch.targets[mask], cfg, None)
+        with autocast:
+            loss = compute_loss(model, h_leaf, batch.targets[mask], cfg, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t3 = time.perf_counter()
@@ -135,23 +146,29 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
+    p.add_argument("--tag", default="", help="suffix of the result file name")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peak = peaks()
     step = profile_steps(args)
     fp32_peak = peak["square_4096_fp32"]
-    limit = (float(step["output_layer_tflop_per_epoch"]) + float(step["encoder_tflop_per_epoch"])) * 1e3 / fp32_peak
+    tflop = float(step["output_layer_tflop_per_epoch"]) + float(step["encoder_tflop_per_epoch"])
+    limit = tflop * 1e3 / fp32_peak
     out = {
-        "matmul_gflops": peak, "sasrec_step": step,
+        "matmul_gflops": peak, "sasrec_step": step, "bf16_autocast": args.bf16,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "epoch_limit_seconds_fp32": limit,
+        "epoch_limit_seconds_bf16": tflop * 1e3 / square_peak(peak, "bf16"),
         "ratio_to_limit": float(step["projected_epoch_seconds"]) / limit,
         "fraction_of_fp32_peak": float(step["achieved_gflops_whole_step"]) / fp32_peak,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = ROOT / "results" / f"roofline-{args.threads}t.json"
+    name = f"roofline-{args.threads}t" + ("-bf16" if args.bf16 else "") + (f"-{args.tag}" if args.tag else "")
+    path = ROOT / "results" / f"{name}.json"
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     print(f"wrote {path}")

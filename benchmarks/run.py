@@ -76,6 +76,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--positions", choices=("start", "end"),
                    help="sasrec/bert4rec: learned positions counted from the first item (default) or "
                    "back from the last")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast: encoder and catalog matmuls in bf16 (fast only with AMX/AVX512-BF16)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     return p.parse_args()
@@ -94,7 +96,7 @@ def main() -> int:
         shared_negatives=not args.per_target_negatives, grad_clip=args.grad_clip or None,
         sliding=not args.no_sliding, bucket=not args.no_bucket, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
-        warmup_steps=args.warmup_steps, schedule=args.schedule)
+        warmup_steps=args.warmup_steps, schedule=args.schedule, bf16=args.bf16)
     params = model_params(args)  # the same model options as `seqrec train`
     rec = seqrec.Recommender(args.model, cfg, **params)
 

@@ -30,14 +30,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DATA_FILE = ROOT.parent / "shared" / "data" / "amazon-beauty-bert4rec" / "beauty.txt.gz"
 WORK = HERE / ".work"
-TOOLS = ("seqrec", "recbole", "rectools", "rectools-nondet")
+TOOLS = ("seqrec", "recbole", "rectools", "rectools-nondet", "seqrec-bf16")
+DEFAULT_TOOLS = TOOLS[:4]  # seqrec-bf16 pays off only where bf16 matmuls are fast (AMX, AVX512-BF16)
 TEST_SHARE = 0.2  # of the cap, kept for the final full-ranking test evaluation
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cap-minutes", type=float, default=30.0, help="wall-clock cap per tool run")
-    p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"any of {', '.join(TOOLS)}")
     p.add_argument("--rounds", type=int, default=1, help="repeat, alternating the order each round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
@@ -46,6 +47,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DATA_FILE)
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/peers-<date>.json)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    p.add_argument("--peers-from", type=Path,
+                   help="an earlier result JSON whose peer runs (RecBole, RecTools) are compared with this run's "
+                        "seqrec runs instead of running the peers again (their round 1 is matched with round 1)")
     return p.parse_args()
 
 
@@ -83,8 +87,8 @@ def worker_command(tool: str, data: Path, out: Path, args: argparse.Namespace) -
     cap = args.cap_minutes * 60
     base = ["--data", str(data), "--out", str(out), "--train-seconds", f"{cap * (1 - TEST_SHARE):.0f}",
             "--threads", str(args.threads)]
-    if tool == "seqrec":
-        return [sys.executable, str(HERE / "worker_seqrec.py"), *base]
+    if tool.startswith("seqrec"):
+        return [sys.executable, str(HERE / "worker_seqrec.py"), *base, *(["--bf16"] if tool == "seqrec-bf16" else [])]
     if tool == "recbole":
         return [str(envs.python_of("recbole")), str(HERE / "worker_recbole.py"), *base]
     det = "false" if tool == "rectools-nondet" else "true"
@@ -169,27 +173,33 @@ def summarize(tool: str, path: Path, wall: float, killed: bool, code: int | None
 
 # ---- report ---------------------------------------------------------------------------------
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """seqrec vs each peer, per round: peer / seqrec (> 1 means seqrec is faster or smaller)."""
+    """Each seqrec run vs each peer, per round: peer / seqrec (> 1 means seqrec is faster or smaller)."""
     out = []
-    for rnd in {r["round"] for r in runs}:
-        mine = next((r for r in runs if r["round"] == rnd and r["tool"] == "seqrec"), None)
-        if mine is None:
-            continue
-        for peer in (r for r in runs if r["round"] == rnd and r["tool"] != "seqrec"):
-            ttq_peer = peer["seconds_to_valid_NDCG@10>=0.030"]
-            ttq_mine = mine["seconds_to_valid_NDCG@10>=0.030"]
-            bound = ttq_peer is None
-            if bound:
-                ttq_peer = peer["wall_seconds"] if peer["killed_at_cap"] else None
-            out.append({
-                "round": rnd, "peer": peer["tool"],
-                "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
-                "eval_speed": _div(peer["test_eval_seconds"], mine["test_eval_seconds"]),
-                "valid_eval_speed": _div(peer["median_valid_eval_seconds"], mine["median_valid_eval_seconds"]),
-                "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
-                "memory": _div(_peak(peer), _peak(mine)),
-            })
+    for rnd in sorted({r["round"] for r in runs}):
+        for mine in (r for r in runs if r["round"] == rnd and r["tool"].startswith("seqrec")):
+            for peer in (r for r in runs if r["round"] == rnd and not r["tool"].startswith("seqrec")):
+                ttq_peer = peer["seconds_to_valid_NDCG@10>=0.030"]
+                ttq_mine = mine["seconds_to_valid_NDCG@10>=0.030"]
+                bound = ttq_peer is None
+                if bound:
+                    ttq_peer = peer["wall_seconds"] if peer["killed_at_cap"] else None
+                out.append({
+                    "round": rnd, "seqrec": mine["tool"], "peer": peer["tool"],
+                    "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
+                    "eval_speed": _div(peer["test_eval_seconds"], mine["test_eval_seconds"]),
+                    "valid_eval_speed": _div(peer.get("median_valid_eval_seconds"),
+                                             mine.get("median_valid_eval_seconds")),
+                    "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
+                    "memory": _div(_peak(peer), _peak(mine)),
+                })
     return out
+
+
+def peers_from(path: Path) -> list[dict[str, Any]]:
+    """The peer runs (not seqrec's) of an earlier result file, marked with where they came from."""
+    earlier = json.loads(path.read_text())
+    return [{**r, "from": f"{path.name} ({earlier.get('date', '?')})"}
+            for r in earlier["runs"] if not r["tool"].startswith("seqrec")]
 
 
 def _peak(run: dict[str, Any]) -> float | None:
@@ -223,15 +233,16 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
         ttq = r["seconds_to_valid_NDCG@10>=0.030"]
         ttq_s = _f(ttq, ".0f") if ttq is not None else f"> cap ({r['wall_seconds']:.0f})" if r["killed_at_cap"] \
             else "not reached"
-        lines.append(f"| {r['round']} | {r['tool']} | {r['version']} | {r['epochs_run']} "
+        tool = r["tool"] + (f" (from {r['from']})" if r.get("from") else "")
+        lines.append(f"| {r['round']} | {tool} | {r['version']} | {r['epochs_run']} "
                      f"| {_f(r['median_epoch_seconds'], '.1f')} | {ttq_s} | {_f(r['best_valid_NDCG@10'])} "
                      f"| {_f(r['test_NDCG@10'])} | {_f(r['test_HR@10'])} | {_f(r['test_eval_seconds'], '.1f')} "
                      f"| {_f(r.get('median_valid_eval_seconds'), '.1f')} | {_f(r['peak_rss_mb'], '.0f')} "
                      f"| {_f(r.get('children_max_rss_mb_so_far'), '.0f')} |")
     if rat:
-        lines += ["", "| round | peer | time-to-quality (peer/seqrec) | test eval speed | valid eval speed "
-                  "| epoch time | memory |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {x['round']} | {x['peer']} "
+        lines += ["", "| round | seqrec run | peer | time-to-quality (peer/seqrec) | test eval speed "
+                  "| valid eval speed | epoch time | memory |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['round']} | {x.get('seqrec', 'seqrec')} | {x['peer']} "
                   f"| {_f(x['time_to_quality'], '.2f', x['time_to_quality_is_lower_bound'])}"
                   f" | {_f(x['eval_speed'], '.2f')} | {_f(x.get('valid_eval_speed'), '.2f')}"
                   f" | {_f(x['epoch_time'], '.2f')} | {_f(x['memory'], '.2f')} |"
@@ -277,6 +288,8 @@ def main() -> int:
                                                                                           stats["items"]):
                 print(f"[peers] WARNING {tool} saw {seen['n_users']} users / {seen['n_items']} items, "
                       f"the file has {stats['users']} / {stats['items']}", flush=True)
+    if args.peers_from:
+        runs += peers_from(args.peers_from)
     rat = ratios(runs)
     result = {
         "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over all items, "
@@ -286,6 +299,7 @@ def main() -> int:
         "cap_minutes": args.cap_minutes, "threads": args.threads, "rounds": args.rounds,
         "omp_wait_policy": args.omp_wait_policy,
         "install_seconds": install, "runs": runs, "ratios_peer_over_seqrec": rat,
+        "peers_from": str(args.peers_from) if args.peers_from else None,
         "command": "python " + " ".join(sys.argv), "ran_beside": args.note,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
