@@ -66,6 +66,11 @@ class Progress:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def room_for_epoch(self, budget: float, last_epoch: float) -> bool:
+        """Whether another epoch as long as the last one ends within the training budget, so that a
+        slow tool stops in time for its test ranking instead of being killed at the cap without one."""
+        return self.elapsed() + last_epoch <= budget
+
     def write(self, kind: str, **fields: Any) -> None:
         row = {"kind": kind, **fields, "elapsed": self.elapsed(), "peak_rss_mb": peak_rss_mb()}
         with self.path.open("a") as f:

@@ -102,10 +102,10 @@ def main() -> int:
 
     def on_epoch(epoch_idx: int, valid_score: float) -> None:
         now = time.perf_counter()
-        progress.write("epoch", epoch=epoch_idx + 1, valid_ndcg10=float(valid_score), epoch_seconds=now - last["t"],
+        seconds, last["t"] = now - last["t"], now
+        progress.write("epoch", epoch=epoch_idx + 1, valid_ndcg10=float(valid_score), epoch_seconds=seconds,
                        loss=None, valid_eval_seconds=valid_secs["last"])
-        last["t"] = now
-        if progress.elapsed() > args.train_seconds:
+        if not progress.room_for_epoch(args.train_seconds, seconds):
             raise OverBudget
 
     stopped = "early stopping or epochs"

@@ -66,13 +66,14 @@ def main() -> int:
         return ndcg, len(hit) / len(target), secs
 
     progress.start_training()
-    best, bad, epoch = -1.0, 0, 0
-    while epoch < args.epochs and progress.elapsed() < args.train_seconds and bad < args.patience:
+    best, bad, epoch, last = -1.0, 0, 0, 0.0
+    while epoch < args.epochs and progress.room_for_epoch(args.train_seconds, last) and bad < args.patience:
         t = time.perf_counter()
         model.fit_partial(train_ds, min_epochs=1, max_epochs=1)
         epoch += 1
         valid, _, valid_secs = score(valid_target, train_ds)
-        progress.write("epoch", epoch=epoch, valid_ndcg10=valid, epoch_seconds=time.perf_counter() - t, loss=None,
+        last = time.perf_counter() - t
+        progress.write("epoch", epoch=epoch, valid_ndcg10=valid, epoch_seconds=last, loss=None,
                        valid_eval_seconds=valid_secs)
         best, bad = (valid, 0) if valid > best else (best, bad + 1)
     progress.write("trained", best_valid=best, epochs=epoch)
