@@ -10,9 +10,10 @@
    the encoder, 6 M N D for the output layer), and projects the epoch time.
 3. Writes benchmarks/results/roofline-<threads>t[-bf16][-<tag>].json.
 
-``--bf16`` times the steps under bfloat16 autocast (the catalog matmuls in bf16 too) and adds the
-limit at the bf16 peak. OpenMP's wait policy is left as the caller sets it (recorded in the JSON):
-``OMP_WAIT_POLICY=PASSIVE python benchmarks/roofline.py`` shows what sleeping threads cost a lone process.
+``--bf16`` times the steps under bfloat16 autocast (the encoder; the catalog softmax stays fp32);
+the limit at the bf16 peak is reported either way. OpenMP's wait policy is left as the caller sets
+it (recorded in the JSON): ``OMP_WAIT_POLICY=PASSIVE python benchmarks/roofline.py`` shows what
+sleeping threads cost a lone process.
 """
 
 from __future__ import annotations

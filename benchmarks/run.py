@@ -77,7 +77,7 @@ def parse() -> argparse.Namespace:
                    help="sasrec/bert4rec: learned positions counted from the first item (default) or "
                    "back from the last")
     p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast: encoder and catalog matmuls in bf16 (fast only with AMX/AVX512-BF16)")
+                   help="bfloat16 autocast of the encoder (the catalog softmax stays fp32)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     return p.parse_args()

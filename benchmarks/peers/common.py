@@ -27,7 +27,7 @@ def parse(description: str) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", choices=("true", "false"), default="true")
-    p.add_argument("--bf16", action="store_true", help="seqrec only: bfloat16 autocast (catalog matmuls in bf16)")
+    p.add_argument("--bf16", action="store_true", help="seqrec only: bfloat16 autocast of the encoder")
     return p.parse_args()
 
 

@@ -31,7 +31,7 @@ ROOT = HERE.parent.parent
 DATA_FILE = ROOT.parent / "shared" / "data" / "amazon-beauty-bert4rec" / "beauty.txt.gz"
 WORK = HERE / ".work"
 TOOLS = ("seqrec", "recbole", "rectools", "rectools-nondet", "seqrec-bf16")
-DEFAULT_TOOLS = TOOLS[:4]  # seqrec-bf16 pays off only where bf16 matmuls are fast (AMX, AVX512-BF16)
+DEFAULT_TOOLS = TOOLS[:4]  # seqrec-bf16: bf16 autocast of the encoder (the catalog softmax stays fp32)
 TEST_SHARE = 0.2  # of the cap, kept for the final full-ranking test evaluation
 
 
