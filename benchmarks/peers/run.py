@@ -47,9 +47,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DATA_FILE)
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/peers-<date>.json)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
-    p.add_argument("--peers-from", type=Path,
-                   help="an earlier result JSON whose peer runs (RecBole, RecTools) are compared with this run's "
-                        "seqrec runs instead of running the peers again (their round 1 is matched with round 1)")
+    p.add_argument("--reuse", type=Path,
+                   help="an earlier result JSON: its runs of tools not run now are compared with this run's "
+                        "(e.g. new seqrec runs against stored peers, or one peer again against stored seqrec)")
     return p.parse_args()
 
 
@@ -152,6 +152,7 @@ def summarize(tool: str, path: Path, wall: float, killed: bool, code: int | None
     meta = next((r for r in rows if r["kind"] == "meta"), {})
     epochs = [r for r in rows if r["kind"] == "epoch" and r.get("epoch", 0) > 0]
     test = next((r for r in rows if r["kind"] == "test"), None)
+    probe = next((r for r in rows if r["kind"] == "probe"), None)
     valid = [(r["elapsed"], r["valid_ndcg10"]) for r in epochs if r.get("valid_ndcg10") is not None]
     reached = next((e for e, v in valid if v >= VALID_TARGET), None)
     return {
@@ -164,6 +165,7 @@ def summarize(tool: str, path: Path, wall: float, killed: bool, code: int | None
         "time_to_quality_lower_bound": reached is None and killed,
         "test_NDCG@10": test["ndcg10"] if test else None, "test_HR@10": test["hr10"] if test else None,
         "test_eval_seconds": test["eval_seconds"] if test else None,
+        "probe_eval_seconds": probe["eval_seconds"] if probe else None,  # ranking the test users, barely trained
         "peak_rss_mb": max((r["peak_rss_mb"] for r in rows), default=None),
         "data_seen": {k: meta.get(k) for k in ("n_users", "n_items", "n_events", "n_test_users")},
         "settings": meta.get("settings"), "defaults": meta.get("defaults"), "unmatched": meta.get("unmatched"),
@@ -186,7 +188,9 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({
                     "round": rnd, "seqrec": mine["tool"], "peer": peer["tool"],
                     "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
-                    "eval_speed": _div(peer["test_eval_seconds"], mine["test_eval_seconds"]),
+                    "eval_speed": _div(peer["test_eval_seconds"] or peer.get("probe_eval_seconds"),
+                                       mine["test_eval_seconds"]),
+                    "eval_speed_from_probe": not peer["test_eval_seconds"] and bool(peer.get("probe_eval_seconds")),
                     "valid_eval_speed": _div(peer.get("median_valid_eval_seconds"),
                                              mine.get("median_valid_eval_seconds")),
                     "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
@@ -195,11 +199,11 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def peers_from(path: Path) -> list[dict[str, Any]]:
-    """The peer runs (not seqrec's) of an earlier result file, marked with where they came from."""
+def runs_from(path: Path, skip: set[str]) -> list[dict[str, Any]]:
+    """The runs of an earlier result file for tools not in ``skip``, marked with where they came from."""
     earlier = json.loads(path.read_text())
     return [{**r, "from": f"{path.name} ({earlier.get('date', '?')})"}
-            for r in earlier["runs"] if not r["tool"].startswith("seqrec")]
+            for r in earlier["runs"] if r["tool"] not in skip and not r.get("from")]
 
 
 def _peak(run: dict[str, Any]) -> float | None:
@@ -208,6 +212,12 @@ def _peak(run: dict[str, Any]) -> float | None:
     if run.get("polled_peak_rss_mb"):
         return float(run["peak_rss_mb"])
     return run["peak_rss_mb"] if run["epochs_run"] or not run["killed_at_cap"] else None
+
+
+def _eval_cell(run: dict[str, Any]) -> str:
+    if run["test_eval_seconds"] is None and run.get("probe_eval_seconds") is not None:
+        return f"{run['probe_eval_seconds']:.1f} (probe)"
+    return _f(run["test_eval_seconds"], ".1f")
 
 
 def _median(xs: Any) -> float | None:
@@ -236,7 +246,7 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
         tool = r["tool"] + (f" (from {r['from']})" if r.get("from") else "")
         lines.append(f"| {r['round']} | {tool} | {r['version']} | {r['epochs_run']} "
                      f"| {_f(r['median_epoch_seconds'], '.1f')} | {ttq_s} | {_f(r['best_valid_NDCG@10'])} "
-                     f"| {_f(r['test_NDCG@10'])} | {_f(r['test_HR@10'])} | {_f(r['test_eval_seconds'], '.1f')} "
+                     f"| {_f(r['test_NDCG@10'])} | {_f(r['test_HR@10'])} | {_eval_cell(r)} "
                      f"| {_f(r.get('median_valid_eval_seconds'), '.1f')} | {_f(r['peak_rss_mb'], '.0f')} "
                      f"| {_f(r.get('children_max_rss_mb_so_far'), '.0f')} |")
     if rat:
@@ -244,7 +254,8 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
                   "| valid eval speed | epoch time | memory |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {x['round']} | {x.get('seqrec', 'seqrec')} | {x['peer']} "
                   f"| {_f(x['time_to_quality'], '.2f', x['time_to_quality_is_lower_bound'])}"
-                  f" | {_f(x['eval_speed'], '.2f')} | {_f(x.get('valid_eval_speed'), '.2f')}"
+                  f" | {_f(x['eval_speed'], '.2f')}{' (probe)' if x.get('eval_speed_from_probe') else ''}"
+                  f" | {_f(x.get('valid_eval_speed'), '.2f')}"
                   f" | {_f(x['epoch_time'], '.2f')} | {_f(x['memory'], '.2f')} |"
                   for x in rat]
     return "\n".join(lines)
@@ -288,8 +299,8 @@ def main() -> int:
                                                                                           stats["items"]):
                 print(f"[peers] WARNING {tool} saw {seen['n_users']} users / {seen['n_items']} items, "
                       f"the file has {stats['users']} / {stats['items']}", flush=True)
-    if args.peers_from:
-        runs += peers_from(args.peers_from)
+    if args.reuse:
+        runs += runs_from(args.reuse, set(tools))
     rat = ratios(runs)
     result = {
         "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over all items, "
@@ -299,7 +310,7 @@ def main() -> int:
         "cap_minutes": args.cap_minutes, "threads": args.threads, "rounds": args.rounds,
         "omp_wait_policy": args.omp_wait_policy,
         "install_seconds": install, "runs": runs, "ratios_peer_over_seqrec": rat,
-        "peers_from": str(args.peers_from) if args.peers_from else None,
+        "reused_runs_from": str(args.reuse) if args.reuse else None,
         "command": "python " + " ".join(sys.argv), "ran_beside": args.note,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

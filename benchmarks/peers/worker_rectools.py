@@ -65,6 +65,23 @@ def main() -> int:
         ndcg = float((1.0 / np.log2(hit[Columns.Rank].to_numpy() + 1)).sum()) / len(target)
         return ndcg, len(hit) / len(target), secs
 
+    # Ranking speed on a model fitted for two batches only (the cost of ranking does not depend on the
+    # weights): one RecTools epoch on this file can take longer than the cap, leaving no test ranking.
+    from pytorch_lightning import Trainer
+
+    def two_batches() -> Trainer:
+        return Trainer(max_epochs=1, limit_train_batches=2, deterministic=settings["deterministic"], logger=False,
+                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, devices=1)
+
+    probe = SASRecModel(**settings, get_trainer_func=two_batches)
+    probe.fit(train_ds)
+    t = time.perf_counter()
+    probe.recommend(users=test_target.index.to_numpy(), dataset=hist_ds, k=10, filter_viewed=True,
+                    on_unsupported_targets="warn")
+    progress.write("probe", eval_seconds=time.perf_counter() - t, users=len(test_target))
+    del probe
+    torch.manual_seed(args.seed)  # the probe drew random numbers: the real model starts as before
+
     progress.start_training()
     best, bad, epoch, last = -1.0, 0, 0, 0.0
     while epoch < args.epochs and progress.room_for_epoch(args.train_seconds, last) and bad < args.patience:
