@@ -188,9 +188,8 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({
                     "round": rnd, "seqrec": mine["tool"], "peer": peer["tool"],
                     "time_to_quality": _div(ttq_peer, ttq_mine), "time_to_quality_is_lower_bound": bound,
-                    "eval_speed": _div(peer["test_eval_seconds"] or peer.get("probe_eval_seconds"),
-                                       mine["test_eval_seconds"]),
-                    "eval_speed_from_probe": not peer["test_eval_seconds"] and bool(peer.get("probe_eval_seconds")),
+                    "eval_speed": _div(_ranking_seconds(peer)[0], mine["test_eval_seconds"]),
+                    "eval_speed_from_probe": _ranking_seconds(peer)[1],
                     "valid_eval_speed": _div(peer.get("median_valid_eval_seconds"),
                                              mine.get("median_valid_eval_seconds")),
                     "epoch_time": _div(peer["median_epoch_seconds"], mine["median_epoch_seconds"]),
@@ -214,10 +213,16 @@ def _peak(run: dict[str, Any]) -> float | None:
     return run["peak_rss_mb"] if run["epochs_run"] or not run["killed_at_cap"] else None
 
 
-def _eval_cell(run: dict[str, Any]) -> str:
+def _ranking_seconds(run: dict[str, Any]) -> tuple[float | None, bool]:
+    """Seconds to rank all test users: the test ranking's, else the probe's (flagged True)."""
     if run["test_eval_seconds"] is None and run.get("probe_eval_seconds") is not None:
-        return f"{run['probe_eval_seconds']:.1f} (probe)"
-    return _f(run["test_eval_seconds"], ".1f")
+        return run["probe_eval_seconds"], True
+    return run["test_eval_seconds"], False
+
+
+def _eval_cell(run: dict[str, Any]) -> str:
+    secs, probe = _ranking_seconds(run)
+    return _f(secs, ".1f") + (" (probe)" if probe else "")
 
 
 def _median(xs: Any) -> float | None:

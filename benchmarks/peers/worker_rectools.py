@@ -56,9 +56,9 @@ def main() -> int:
     train_ds = Dataset.construct(train_df)
     hist_ds = Dataset.construct(hist_df)
 
-    def score(target: pd.Series, ds: Dataset) -> tuple[float, float, float]:
+    def score(target: pd.Series, ds: Dataset, ranker: Any = model) -> tuple[float, float, float]:
         t = time.perf_counter()
-        reco = model.recommend(users=target.index.to_numpy(), dataset=ds, k=10, filter_viewed=True,
+        reco = ranker.recommend(users=target.index.to_numpy(), dataset=ds, k=10, filter_viewed=True,
                                on_unsupported_targets="warn")
         secs = time.perf_counter() - t
         hit = reco[reco[Columns.Item].to_numpy() == target.reindex(reco[Columns.User]).to_numpy()]
@@ -75,10 +75,7 @@ def main() -> int:
 
     probe = SASRecModel(**settings, get_trainer_func=two_batches)
     probe.fit(train_ds)
-    t = time.perf_counter()
-    probe.recommend(users=test_target.index.to_numpy(), dataset=hist_ds, k=10, filter_viewed=True,
-                    on_unsupported_targets="warn")
-    progress.write("probe", eval_seconds=time.perf_counter() - t, users=len(test_target))
+    progress.write("probe", eval_seconds=score(test_target, hist_ds, probe)[2], users=len(test_target))
     del probe
     torch.manual_seed(args.seed)  # the probe drew random numbers: the real model starts as before
 

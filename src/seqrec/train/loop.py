@@ -151,8 +151,8 @@ class Trainer:
             loss = self._epoch(batches, opt, epoch, total_steps)
             t_valid = time.perf_counter()
             metrics = self.validate()
-            row = {"epoch": epoch + 1, "loss": loss, **metrics, "eval_seconds": time.perf_counter() - t_valid,
-                   "seconds": time.perf_counter() - t0}
+            t_end = time.perf_counter()
+            row = {"epoch": epoch + 1, "loss": loss, **metrics, "eval_seconds": t_end - t_valid, "seconds": t_end - t0}
             result.history.append(row)
             result.seconds += row["seconds"]
             score = metrics[f"valid_{cfg.valid_metric}"]
