@@ -10,6 +10,10 @@
    the encoder, 6 M N D for the output layer), and projects the epoch time.
 3. Writes benchmarks/results/roofline-<threads>t[-bf16][-<tag>].json.
 
+``--baseline`` also runs every timed batch under the schedule training used before (each catalog
+tile op on all threads, the for-loop AdamW), alternating the order batch by batch, and reports
+the ratios of the two: an A/B in one process.
+
 ``--bf16`` times the steps under bfloat16 autocast (the encoder; the catalog softmax stays fp32);
 the limit at the bf16 peak is reported either way. OpenMP's wait policy is left as the caller sets
 it (recorded in the JSON): ``OMP_WAIT_POLICY=PASSIVE python benchmarks/roofline.py`` shows what
@@ -35,11 +39,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqrec
+from seqrec import fused_ce
 from seqrec.data.batch import TrainBatches
 from seqrec.datasets import load_dataset
 from seqrec.losses import LossConfig, compute_loss
 from seqrec.models.registry import create
-from seqrec.train.loop import param_groups
+from seqrec.train.config import TrainConfig
+from seqrec.train.loop import make_optimizer, param_groups
 
 ROOT = Path(__file__).resolve().parent
 DATA_ROOT = ROOT.parent.parent / "shared" / "data"
@@ -75,16 +81,74 @@ def square_peak(peak: dict[str, float], tag: str) -> float:
     return peak.get(f"square_4096_{tag}") or peak[f"square_1024_{tag}"]
 
 
+PHASES = ("batch", "encoder_forward", "loss_with_grads", "encoder_backward", "clip_and_optimizer")
+
+
+class Variant:
+    """One training-step schedule: ``current`` is what training uses now; ``baseline`` the schedule
+    before session 7 (every op on all threads, the plain for-loop AdamW), kept to A/B in one process."""
+
+    def __init__(self, name: str, model: torch.nn.Module) -> None:
+        self.name, self.parallel_tiles = name, name == "current"
+        self.opt = make_optimizer(model, TrainConfig()) if name == "current" else torch.optim.AdamW(
+            param_groups(model, 0.0), lr=1e-3)
+        self.phases: dict[str, list[float]] = defaultdict(list)
+        self.targets = 0
+
+
+def one_step(model: torch.nn.Module, batch: Any, variant: Variant, autocast: Any,
+             counter: FlopCounterMode | None) -> tuple[dict[str, float], int]:
+    """Time one training step's phases; returns (seconds per phase, targets)."""
+    fused_ce.PARALLEL_TILES = variant.parallel_tiles
+    t1 = time.perf_counter()
+    if counter is not None:
+        counter.__enter__()
+    with autocast:
+        hidden = model.encode(batch.items)
+    mask = batch.targets > 0
+    h = hidden[mask]
+    h_leaf = h.detach().requires_grad_()
+    t2 = time.perf_counter()
+    if counter is not None:
+        counter.__exit__(None, None, None)
+    with autocast:
+        loss = compute_loss(model, h_leaf, batch.targets[mask], LossConfig("ce"), None)
+    variant.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    t3 = time.perf_counter()
+    h.backward(h_leaf.grad)
+    t4 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    variant.opt.step()
+    t5 = time.perf_counter()
+    return {"encoder_forward": t2 - t1, "loss_with_grads": t3 - t2, "encoder_backward": t4 - t3,
+            "clip_and_optimizer": t5 - t4}, int(mask.sum())
+
+
+def summarize_variant(v: Variant, n_targets: int, ce_flops_per_target: float, enc_flops: float) -> dict[str, Any]:
+    total = {k: sum(x) for k, x in v.phases.items()}
+    step_seconds = sum(total.values())
+    per_target = step_seconds / v.targets
+    return {
+        "targets_timed": v.targets,
+        "phase_share": {k: x / step_seconds for k, x in total.items()},
+        "phase_ms_per_step": {k: 1000 * statistics.median(x) for k, x in v.phases.items()},
+        "projected_epoch_seconds": per_target * n_targets,
+        "achieved_gflops_whole_step": n_targets * (ce_flops_per_target + enc_flops) / (per_target * n_targets) / 1e9,
+        "achieved_gflops_loss_phase": v.targets * ce_flops_per_target / total["loss_with_grads"] / 1e9,
+    }
+
+
 def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
+    """Times each batch under the current schedule and, with ``--baseline``, under the old one too
+    (order alternating batch by batch, so drift hits both alike)."""
     data = load_dataset(args.dataset, DATA_ROOT)
     split = seqrec.leave_one_out(data)
     model = create("sasrec", n_items=split.n_items, max_len=50, dropout=0.3)
     batches = TrainBatches(split.train, 50, args.batch_size, sliding=True, bucket=True)
     n_targets = int((batches.lengths - 1).clamp(min=0).sum())
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3)
-    cfg = LossConfig("ce")
-    phases: dict[str, list[float]] = defaultdict(list)
-    enc_flops, targets_seen = 0.0, 0
+    variants = [Variant("current", model)] + ([Variant("baseline", model)] if args.baseline else [])
+    enc_flops = 0.0
     gen = torch.Generator().manual_seed(0)
     it = iter(batches.epoch(gen))
     model.train()
@@ -92,53 +156,35 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     for step in range(args.steps + 3):
         t0 = time.perf_counter()
         batch = next(it)
-        t1 = time.perf_counter()
-        counter = FlopCounterMode(display=False) if step == 3 else None
-        if counter is not None:
-            counter.__enter__()
-        with autocast:
-            hidden = model.encode(batch.items)
-        mask = batch.targets > 0
-        h = hidden[mask]
-        h_leaf = h.detach().requires_grad_()
-        t2 = time.perf_counter()
-        if counter is not None:
-            counter.__exit__(None, None, None)
-        with autocast:
-            loss = compute_loss(model, h_leaf, batch.targets[mask], cfg, None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        t3 = time.perf_counter()
-        h.backward(h_leaf.grad)
-        t4 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        t5 = time.perf_counter()
-        if counter is not None:
-            enc_flops_step = counter.get_total_flops()
-            enc_flops = 3 * enc_flops_step / int(mask.sum())  # forward + backward ~ 3x forward, per target
-        if step >= 3:  # skip warm-up steps
-            for name, dt in (("batch", t1 - t0), ("encoder_forward", t2 - t1), ("loss_with_grads", t3 - t2),
-                             ("encoder_backward", t4 - t3), ("clip_and_optimizer", t5 - t4)):
-                phases[name].append(dt)
-            targets_seen += int(mask.sum())
-    total = {k: sum(v) for k, v in phases.items()}
-    step_seconds = sum(total.values())
-    per_target = step_seconds / targets_seen
+        fetch = time.perf_counter() - t0
+        order = variants if step % 2 == 0 else variants[::-1]
+        for v in order:
+            counter = FlopCounterMode(display=False) if step == 3 and v is variants[0] else None
+            times, targets = one_step(model, batch, v, autocast, counter)
+            if counter is not None:
+                enc_flops = 3 * counter.get_total_flops() / targets  # forward + backward ~ 3x forward, per target
+            if step >= 3:  # skip warm-up steps
+                for name, dt in {"batch": fetch, **times}.items():
+                    v.phases[name].append(dt)
+                v.targets += targets
+    fused_ce.PARALLEL_TILES = True
     n, d = split.n_items, 64
     ce_flops_per_target = 6 * n * d
-    epoch_flops = n_targets * (ce_flops_per_target + enc_flops)
-    return {
-        "n_items": n, "targets_per_epoch": n_targets, "batches_per_epoch": len(batches),
-        "steps_timed": args.steps, "targets_timed": targets_seen,
-        "phase_share": {k: v / step_seconds for k, v in total.items()},
-        "phase_ms_per_step": {k: 1000 * statistics.median(v) for k, v in phases.items()},
-        "projected_epoch_seconds": per_target * n_targets,
+    out: dict[str, Any] = {
+        "n_items": n, "targets_per_epoch": n_targets, "batches_per_epoch": len(batches), "steps_timed": args.steps,
+        **summarize_variant(variants[0], n_targets, ce_flops_per_target, enc_flops),
         "output_layer_tflop_per_epoch": n_targets * ce_flops_per_target / 1e12,
         "encoder_tflop_per_epoch": n_targets * enc_flops / 1e12,
-        "achieved_gflops_whole_step": epoch_flops / (per_target * n_targets) / 1e9,
-        "achieved_gflops_loss_phase": targets_seen * ce_flops_per_target / total["loss_with_grads"] / 1e9,
     }
+    if args.baseline:
+        base = summarize_variant(variants[1], n_targets, ce_flops_per_target, enc_flops)
+        out["baseline"] = base
+        out["speedup_vs_baseline"] = {
+            "projected_epoch": base["projected_epoch_seconds"] / out["projected_epoch_seconds"],
+            **{f"median_{k}": statistics.median(variants[1].phases[k]) / statistics.median(variants[0].phases[k])
+               for k in PHASES if k != "batch"},
+        }
+    return out
 
 
 def main() -> int:
@@ -148,6 +194,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time every batch under the pre-session-7 schedule (all-thread ops, plain AdamW)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args()

@@ -189,6 +189,12 @@ def roofline_table() -> str:
                  f"{s['encoder_tflop_per_epoch']:.2f} TFLOP at the square-matmul peak) | {limits}; "
                  f"{100 * r['fraction_of_fp32_peak']:.0f}% of the fp32 peak | {cmd} |",
                  f"| where a step's time goes ({how}) | {share} | {cmd} |"]
+        if s.get("baseline"):
+            b, x = s["baseline"], s["speedup_vs_baseline"]
+            ratios = ", ".join(f"{k.removeprefix('median_')} {v:.2f}x" for k, v in x.items() if k != "projected_epoch")
+            rows.append(f"| same batches, pre-session-7 schedule (all-thread tile ops, plain AdamW), alternating "
+                        f"| {b['projected_epoch_seconds']:.0f} s projected epoch: current is "
+                        f"{x['projected_epoch']:.2f}x faster; per-phase medians {ratios} | {cmd} |")
     for path in sorted((ROOT / "results").glob("presets*.json")):
         r = json.loads(path.read_text())
         for x in r["rows"]:

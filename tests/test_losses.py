@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -40,10 +41,19 @@ def test_full_ce_hand_computed() -> None:
     assert chunked_ce(H, E, None, T, chunk=1).item() == pytest.approx(want, rel=1e-6)
 
 
+@pytest.fixture
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("row_chunk", [5, 512])  # several row chunks, and one
 @pytest.mark.parametrize("tile", [1, 4, 7])  # 1: the first tile holds only the padding column
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, with_bias: bool,
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)  # 3: tiles shared out among three threads
+def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, with_bias: bool, threads: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("seqrec.fused_ce.ROW_CHUNK", row_chunk)
     torch.manual_seed(tile)
@@ -62,6 +72,7 @@ def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, 
         pairs.append((m1.b.grad, m2.b.grad))
     for a, b in pairs:
         torch.testing.assert_close(a, b)
+    assert torch.get_num_threads() == threads  # restored after the tile threads ran single-threaded
 
 
 def test_sampled_softmax_with_all_items_equals_full_softmax() -> None:

@@ -8,16 +8,27 @@ tiles see one elementwise pass in all (no recomputed matmul, no second exp). The
 a scalar, so the gradients are built in the forward pass and backward only rescales them.
 Each tile's matmul (inner size only D = 64) writes into cache-sized, already-mapped memory:
 freshly allocated (rows x 55k) logits were the bottleneck (page faults and memory writes).
+On CPU the tiles are shared out among the intra-op threads, each running its tiles' small matmuls and
+elementwise passes single-threaded (torch ops release the GIL): splitting every 512 x 512 x 64 matmul
+and every row reduction across the threads costs a fork/join per op, which at ~200 tiles per chunk
+and per pass was a large part of the step. Each tile's item rows of the weight gradient belong to
+one thread; the hidden-state gradient is summed over per-thread copies in a fixed order.
 ``full_ce`` in losses.py is the plain reference; a test pins that both agree.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 
 from seqrec.models.base import score_tile
+from seqrec.threads import single_threaded_ops
 
 ROW_CHUNK = 512
 ITEM_TILE = 512
@@ -40,6 +51,67 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + tile, n)) for lo in range(0, n, tile)]
 
 
+PARALLEL_TILES = True  # False: every op uses all intra-op threads (the plain eager schedule)
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (size, pool), created on first use
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] < workers:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="seqrec-ce"))
+        return _POOL[1]
+
+
+def _n_parts(device: torch.device) -> int:
+    return torch.get_num_threads() if PARALLEL_TILES and device.type == "cpu" else 1
+
+
+def _run_parts(jobs: list[Callable[[], None]]) -> None:
+    """Run each job on its own thread (the first on this one) and wait for all; re-raises. Grad mode
+    is per thread: the pool's threads take this thread's (off inside an autograd Function)."""
+    grad = torch.is_grad_enabled()
+    futures = [_pool(len(jobs) - 1).submit(_with_grad_mode, grad, job) for job in jobs[1:]] if len(jobs) > 1 else []
+    try:
+        jobs[0]()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _with_grad_mode(grad: bool, job: Callable[[], None]) -> None:
+    with torch.set_grad_enabled(grad):
+        job()
+
+
+def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
+                  weight: torch.Tensor, bias: torch.Tensor | None, tile_max: torch.Tensor,
+                  tile_sum: torch.Tensor) -> None:
+    """Pass 1 over tiles ``which``: blocks[i] = exp(logits - m), m the row maximum; keep m and sum."""
+    for i in which:
+        lo, hi = tiles[i]
+        logits = score_tile(blocks[i, :, : hi - lo], h, weight, bias, lo, hi)
+        m = torch.amax(logits, 1, out=tile_max[i]).clamp_(min=_FLOOR)  # finite: exp(-inf - m) = 0
+        torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
+
+
+def _accumulate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
+                weight: torch.Tensor, scales: torch.Tensor, grad_h: torch.Tensor, grad_w: torch.Tensor,
+                grad_b: torch.Tensor | None) -> None:
+    """Pass 2 over tiles ``which``: softmax = e * exp(m - lse), a per-row factor that scales the
+    (C, D) operands and products instead of the (C, T) tile."""
+    for i in which:
+        lo, hi = tiles[i]
+        e, scale = blocks[i, :, : hi - lo], scales[i][:, None]
+        grad_h.addcmul_(e @ weight[lo:hi], scale)
+        grad_w[lo:hi].addmm_(e.T, h * scale)
+        if grad_b is not None:
+            grad_b[lo:hi].addmv_(e.T, scales[i])
+
+
 class _TiledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -53,37 +125,33 @@ class _TiledCE(torch.autograd.Function):
         # Tile-major buffer: each (rows x tile) block is contiguous, written once by the matmul
         # while it is in cache, exponentiated there, and read back once by the gradient matmuls.
         buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, hidden.dtype, hidden.device)
-        for s in range(0, hidden.shape[0], ROW_CHUNK):
-            h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
-            c = h.shape[0]
-            blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
-            # Pass 1: e = exp(logits - m) per tile, with m the tile's row maximum; keep m and sum(e).
-            tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
-            tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
-            for i, (lo, hi) in enumerate(tiles):
-                logits = score_tile(blocks[i, :, : hi - lo], h, weight, bias, lo, hi)
-                m = torch.amax(logits, 1, out=tile_max[i]).clamp_(min=_FLOOR)  # finite: exp(-inf - m) = 0
-                torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
-            top = tile_max.amax(0)  # (C,)
-            lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
-            target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
-            total += (lse - target_logit).sum()
-            if grad_h is None or grad_w is None:
-                continue
-            # Pass 2: softmax = e * exp(m - lse), a per-row factor that scales the (C, D) operands
-            # and products instead of the (C, T) tile; the one-hot target is subtracted once below.
-            scales = torch.exp(tile_max - lse)  # (tiles, C)
-            gh = grad_h[s : s + c]
-            for i, (lo, hi) in enumerate(tiles):
-                e, scale = blocks[i, :, : hi - lo], scales[i][:, None]
-                gh.addcmul_(e @ weight[lo:hi], scale)
-                grad_w[lo:hi].addmm_(e.T, h * scale)
+        parts = min(_n_parts(hidden.device), len(tiles))
+        share = [range(k, len(tiles), parts) for k in range(parts)]  # interleaved: the last tile is short
+        with single_threaded_ops() if parts > 1 else nullcontext():
+            for s in range(0, hidden.shape[0], ROW_CHUNK):
+                h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
+                c = h.shape[0]
+                blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
+                tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
+                tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
+                _run_parts([partial(_exponentiate, w, tiles, blocks, h, weight, bias, tile_max, tile_sum)
+                            for w in share])
+                top = tile_max.amax(0)  # (C,)
+                lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
+                target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
+                total += (lse - target_logit).sum()
+                if grad_h is None or grad_w is None:
+                    continue
+                scales = torch.exp(tile_max - lse)  # (tiles, C)
+                gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
+                _run_parts([partial(_accumulate, w, tiles, blocks, h, weight, scales, g, grad_w, grad_b)
+                            for w, g in zip(share, gh, strict=True)])
+                for extra in gh[1:]:
+                    gh[0].add_(extra)
+                gh[0].sub_(weight[t])  # the one-hot target, subtracted once
+                grad_w.index_add_(0, t, h, alpha=-1.0)
                 if grad_b is not None:
-                    grad_b[lo:hi].addmv_(e.T, scales[i])
-            gh.sub_(weight[t])
-            grad_w.index_add_(0, t, h, alpha=-1.0)
-            if grad_b is not None:
-                grad_b.index_add_(0, t, torch.ones_like(t, dtype=grad_b.dtype), alpha=-1.0)
+                    grad_b.index_add_(0, t, torch.ones_like(t, dtype=grad_b.dtype), alpha=-1.0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.n_rows = hidden.shape[0]
         return total / max(hidden.shape[0], 1)

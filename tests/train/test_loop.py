@@ -11,7 +11,7 @@ import torch
 import seqrec
 from seqrec.datasets.synthetic import markov_dataset
 from seqrec.models.registry import create
-from seqrec.train.loop import fit, lr_factor, param_groups, training_sequences
+from seqrec.train.loop import fit, lr_factor, make_optimizer, param_groups, training_sequences
 
 CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, max_len=10, seed=3, patience=10)
 
@@ -91,6 +91,26 @@ def test_no_weight_decay_on_embeddings_and_norms() -> None:
     assert id(model.item_emb.weight) in no_ids and id(model.pos_emb.weight) in no_ids
     assert id(model.final_norm.weight) in no_ids
     assert id(model.blocks[0].qkv.weight) in {id(p) for p in decay["params"]}
+
+
+def test_fused_adamw_updates_like_the_plain_one() -> None:
+    """The optimiser training uses (fused kernel on CPU) takes the same steps as the for-loop AdamW."""
+    torch.manual_seed(0)
+    a = create("sasrec", n_items=20, max_len=5, dim=8, dropout=0.0)
+    b = create("sasrec", n_items=20, max_len=5, dim=8, dropout=0.0)
+    b.load_state_dict(a.state_dict())
+    cfg = dataclasses.replace(CFG, weight_decay=0.1)
+    fused = make_optimizer(a, cfg)
+    plain = torch.optim.AdamW(param_groups(b, cfg.weight_decay), lr=cfg.lr)
+    assert fused.defaults["fused"] is True
+    items = torch.randint(1, 21, (4, 5))
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model.score(model.encode(items)[:, -1]).log_softmax(-1)[:, 1:].mean().backward()
+            opt.step()
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
 
 
 def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +15,7 @@ from seqrec.errors import SeqrecError
 from seqrec.eval.metrics import all_metrics
 from seqrec.eval.tiled import top_and_ranks
 from seqrec.models.base import SequenceEncoder
+from seqrec.threads import single_threaded_ops
 
 COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
 
@@ -123,7 +122,7 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
 
         workers = cfg.workers or torch.get_num_threads()
         if workers > 1 and device.type == "cpu" and len(batches) > 1:
-            with _single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix="seqrec-eval") as pool:
+            with single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix="seqrec-eval") as pool:
                 results = list(pool.map(rank, batches))  # in order: metrics do not depend on workers
         else:
             results = [rank(rows) for rows in batches]
@@ -136,17 +135,6 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
         return all_metrics(ranks, cfg.ks, prefix=f"sampled_{cfg.sampled}{cfg.n_negatives}_")
     top_items = np.concatenate(all_top) if all_top else np.zeros((0, kmax), dtype=np.int64)
     return all_metrics(ranks, cfg.ks, top_items, n_items)
-
-
-@contextmanager
-def _single_threaded_ops() -> Iterator[None]:
-    """torch ops on one thread each while the block runs (the setting is process-wide)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _tiled_ranks(model: SequenceEncoder, data: EvalSet, rows: np.ndarray, targets: torch.Tensor, max_len: int,

@@ -59,6 +59,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the parameter groups above; the fused kernel (one pass per tensor instead of a dozen
+    elementwise ops: the 3.5M-row item table made the plain update ~7% of a Beauty step on CPU) where
+    every parameter is a float tensor on a device that has it. Same update up to float rounding."""
+    groups = param_groups(model, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.schedule == "cosine" and total > 0:
@@ -134,7 +144,7 @@ class Trainer:
         batches = TrainBatches(self.train, cfg.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
         if len(batches) == 0:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = make_optimizer(model, cfg)
         result, start_epoch, best, bad = FitResult(), 0, self._snapshot(), 0
         self._rows = RowWeights()
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
