@@ -10,10 +10,9 @@
    the encoder, 6 M N D for the output layer), and projects the epoch time.
 3. Writes benchmarks/results/roofline-<threads>t[-bf16][-<tag>].json.
 
-``--baseline`` also runs every timed batch under two other schedules, the order rotating batch by
-batch, and reports the ratios (an A/B/C in one process): ``eager`` (no C++ kernels: tiles shared out
-among Python threads, fused AdamW) and ``baseline`` (the schedule before session 7: each catalog
-tile op on all threads, the for-loop AdamW).
+``--baseline`` also runs every timed batch under the schedule training used before (each catalog
+tile op on all threads, the for-loop AdamW), alternating the order batch by batch, and reports
+the ratios of the two: an A/B in one process.
 
 ``--bf16`` times the steps under bfloat16 autocast (the encoder; the catalog softmax stays fp32);
 the limit at the bf16 peak is reported either way. OpenMP's wait policy is left as the caller sets
@@ -40,7 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqrec
-from seqrec import fused_ce, native
+from seqrec import fused_ce
 from seqrec.data.batch import TrainBatches
 from seqrec.datasets import load_dataset
 from seqrec.losses import LossConfig, compute_loss
@@ -86,13 +85,12 @@ PHASES = ("batch", "encoder_forward", "loss_with_grads", "encoder_backward", "cl
 
 
 class Variant:
-    """One training-step schedule. ``current``: what training uses now (the C++ tile kernels where they
-    build, fused AdamW); ``eager``: the same without the C++ kernels (tiles shared out among Python
-    threads); ``baseline``: the schedule before session 7 (every op on all threads, for-loop AdamW)."""
+    """One training-step schedule: ``current`` is what training uses now; ``baseline`` the schedule
+    before session 7 (every op on all threads, the plain for-loop AdamW), kept to A/B in one process."""
 
     def __init__(self, name: str, model: torch.nn.Module) -> None:
-        self.name, self.native, self.parallel_tiles = name, name == "current", name != "baseline"
-        self.opt = make_optimizer(model, TrainConfig()) if name != "baseline" else torch.optim.AdamW(
+        self.name, self.parallel_tiles = name, name == "current"
+        self.opt = make_optimizer(model, TrainConfig()) if name == "current" else torch.optim.AdamW(
             param_groups(model, 0.0), lr=1e-3)
         self.phases: dict[str, list[float]] = defaultdict(list)
         self.targets = 0
@@ -101,7 +99,7 @@ class Variant:
 def one_step(model: torch.nn.Module, batch: Any, variant: Variant, autocast: Any,
              counter: FlopCounterMode | None) -> tuple[dict[str, float], int]:
     """Time one training step's phases; returns (seconds per phase, targets)."""
-    fused_ce.PARALLEL_TILES, fused_ce.NATIVE = variant.parallel_tiles, variant.native
+    fused_ce.PARALLEL_TILES = variant.parallel_tiles
     t1 = time.perf_counter()
     if counter is not None:
         counter.__enter__()
@@ -149,7 +147,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     model = create("sasrec", n_items=split.n_items, max_len=50, dropout=0.3)
     batches = TrainBatches(split.train, 50, args.batch_size, sliding=True, bucket=True)
     n_targets = int((batches.lengths - 1).clamp(min=0).sum())
-    variants = [Variant(name, model) for name in (("current", "eager", "baseline") if args.baseline else ("current",))]
+    variants = [Variant("current", model)] + ([Variant("baseline", model)] if args.baseline else [])
     enc_flops = 0.0
     gen = torch.Generator().manual_seed(0)
     it = iter(batches.epoch(gen))
@@ -159,7 +157,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         batch = next(it)
         fetch = time.perf_counter() - t0
-        order = variants[step % len(variants):] + variants[: step % len(variants)]  # rotate the order
+        order = variants if step % 2 == 0 else variants[::-1]
         for v in order:
             counter = FlopCounterMode(display=False) if step == 3 and v is variants[0] else None
             times, targets = one_step(model, batch, v, autocast, counter)
@@ -169,7 +167,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
                 for name, dt in {"batch": fetch, **times}.items():
                     v.phases[name].append(dt)
                 v.targets += targets
-    fused_ce.PARALLEL_TILES, fused_ce.NATIVE = True, True
+    fused_ce.PARALLEL_TILES = True
     n, d = split.n_items, 64
     ce_flops_per_target = 6 * n * d
     out: dict[str, Any] = {
@@ -178,13 +176,12 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
         "output_layer_tflop_per_epoch": n_targets * ce_flops_per_target / 1e12,
         "encoder_tflop_per_epoch": n_targets * enc_flops / 1e12,
     }
-    out["native_kernels"] = native.kernels("tiled_ce") is not None
-    for other in variants[1:]:
-        summary = summarize_variant(other, n_targets, ce_flops_per_target, enc_flops)
-        out[other.name] = summary
-        out[f"speedup_vs_{other.name}"] = {
-            "projected_epoch": summary["projected_epoch_seconds"] / out["projected_epoch_seconds"],
-            **{f"median_{k}": statistics.median(other.phases[k]) / statistics.median(variants[0].phases[k])
+    if args.baseline:
+        base = summarize_variant(variants[1], n_targets, ce_flops_per_target, enc_flops)
+        out["baseline"] = base
+        out["speedup_vs_baseline"] = {
+            "projected_epoch": base["projected_epoch_seconds"] / out["projected_epoch_seconds"],
+            **{f"median_{k}": statistics.median(variants[1].phases[k]) / statistics.median(variants[0].phases[k])
                for k in PHASES if k != "batch"},
         }
     return out
@@ -198,7 +195,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
     p.add_argument("--baseline", action="store_true",
-                   help="also time every batch without the C++ kernels, and under the pre-session-7 schedule")
+                   help="also time every batch under the pre-session-7 schedule (all-thread ops, plain AdamW)")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from seqrec import native
 from seqrec.fused_ce import chunked_ce
 from seqrec.losses import LossConfig, NegativeSampler, bce, compute_loss, full_ce, gbce_beta, sampled_softmax
 from seqrec.models.base import SequenceEncoder
@@ -55,11 +53,9 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.mark.parametrize("tile", [1, 4, 7])  # 1: the first tile holds only the padding column
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("threads", [1, 3], indirect=True)  # 3: tiles shared out among three threads
-@pytest.mark.parametrize("use_native", [True, False])  # the C++ kernels, and the eager path
 def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, with_bias: bool, threads: int,
-                                                     use_native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("seqrec.fused_ce.ROW_CHUNK", row_chunk)
-    monkeypatch.setattr("seqrec.fused_ce.NATIVE", use_native)
     torch.manual_seed(tile)
     emb, bias = torch.randn(30, 8) * 3, torch.randn(30) if with_bias else None
     hidden, targets = torch.randn(17, 8), torch.randint(1, 30, (17,))  # repeated targets too
@@ -77,31 +73,6 @@ def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, 
     for a, b in pairs:
         torch.testing.assert_close(a, b)
     assert torch.get_num_threads() == threads  # restored after the tile threads ran single-threaded
-
-
-def test_native_kernels_build_where_ci_requires_them() -> None:
-    """CI sets SEQREC_REQUIRE_NATIVE=1: there the C++ kernels must build, so the tests above cover them."""
-    if os.environ.get("SEQREC_REQUIRE_NATIVE") != "1":
-        pytest.skip("SEQREC_REQUIRE_NATIVE is not set")
-    assert native.kernels("tiled_ce") is not None
-
-
-def test_an_error_inside_the_native_threads_is_raised_not_fatal() -> None:
-    kernels = native.kernels("tiled_ce")
-    if kernels is None:
-        pytest.skip("the C++ kernels did not build here")
-    h, w = torch.randn(5, 8), torch.randn(20, 4)  # inner sizes differ: every tile's matmul fails
-    tile_max, tile_sum = torch.empty(4, 5), torch.empty(4, 5)
-    with pytest.raises(RuntimeError):
-        kernels.exp_tiles(h, w, None, torch.empty(4, 5, 5), 5, tile_max, tile_sum, 3)
-
-
-def test_a_failed_native_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_LOADED", {})
-    with pytest.warns(RuntimeWarning, match="unavailable"):
-        assert native.kernels("no_such_kernel") is None
-    monkeypatch.setenv("SEQREC_NATIVE", "0")
-    assert native.kernels("tiled_ce") is None
 
 
 def test_sampled_softmax_with_all_items_equals_full_softmax() -> None:

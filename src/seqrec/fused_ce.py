@@ -9,13 +9,11 @@ a scalar, so the gradients are built in the forward pass and backward only resca
 Each tile's matmul (inner size only D = 64) writes into cache-sized, already-mapped memory:
 freshly allocated (rows x 55k) logits were the bottleneck (page faults and memory writes).
 On CPU the tiles are shared out among the intra-op threads, each running its tiles' small matmuls and
-elementwise passes single-threaded: splitting every 512 x 512 x 64 matmul and every row reduction
-across the threads costs a fork/join per op, a large part of the step at ~200 tiles per chunk and
-pass. Each tile's item rows of the weight gradient belong to one thread; the hidden-state gradient
-is summed over per-thread copies in a fixed order. Where the C++ kernels build (seqrec/native.py,
-csrc/tiled_ce.cpp) OpenMP threads run both passes, each tile's bias, mask, max, exp and sum fused
-into one loop per row; elsewhere Python threads run the eager ops below (torch releases the GIL).
-``full_ce`` in losses.py is the plain reference; a test pins that every path agrees with it.
+elementwise passes single-threaded (torch ops release the GIL): splitting every 512 x 512 x 64 matmul
+and every row reduction across the threads costs a fork/join per op, which at ~200 tiles per chunk
+and per pass was a large part of the step. Each tile's item rows of the weight gradient belong to
+one thread; the hidden-state gradient is summed over per-thread copies in a fixed order.
+``full_ce`` in losses.py is the plain reference; a test pins that both agree.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from typing import Any
 
 import torch
 
-from seqrec import native
 from seqrec.models.base import score_tile
 from seqrec.threads import single_threaded_ops
 
@@ -55,7 +52,6 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
 
 
 PARALLEL_TILES = True  # False: every op uses all intra-op threads (the plain eager schedule)
-NATIVE = True  # the C++ per-tile kernels (seqrec/csrc/tiled_ce.cpp) where they build; False: eager only
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (size, pool), created on first use
 _POOL_LOCK = threading.Lock()
 
@@ -68,15 +64,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
                 _POOL[1].shutdown(wait=False)
             _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="seqrec-ce"))
         return _POOL[1]
-
-
-def _native(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any | None:
-    """The C++ kernels, if they apply: fp32, contiguous CPU tensors, and the build succeeded."""
-    tensors = [hidden, weight] + ([bias] if bias is not None else [])
-    if not NATIVE or not all(x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-                             for x in tensors):
-        return None
-    return native.kernels("tiled_ce")
 
 
 def _n_parts(device: torch.device) -> int:
@@ -138,21 +125,17 @@ class _TiledCE(torch.autograd.Function):
         # Tile-major buffer: each (rows x tile) block is contiguous, written once by the matmul
         # while it is in cache, exponentiated there, and read back once by the gradient matmuls.
         buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, hidden.dtype, hidden.device)
-        kernels = _native(hidden, weight, bias)
-        parts = torch.get_num_threads() if kernels is not None else min(_n_parts(hidden.device), len(tiles))
+        parts = min(_n_parts(hidden.device), len(tiles))
         share = [range(k, len(tiles), parts) for k in range(parts)]  # interleaved: the last tile is short
-        with single_threaded_ops() if parts > 1 and kernels is None else nullcontext():
+        with single_threaded_ops() if parts > 1 else nullcontext():
             for s in range(0, hidden.shape[0], ROW_CHUNK):
                 h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
                 c = h.shape[0]
                 blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
                 tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
                 tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
-                if kernels is not None:  # the same pass in C++; a partial tile is stored contiguously
-                    kernels.exp_tiles(h, weight, bias, blocks, tile, tile_max, tile_sum, parts)
-                else:
-                    _run_parts([partial(_exponentiate, w, tiles, blocks, h, weight, bias, tile_max, tile_sum)
-                                for w in share])
+                _run_parts([partial(_exponentiate, w, tiles, blocks, h, weight, bias, tile_max, tile_sum)
+                            for w in share])
                 top = tile_max.amax(0)  # (C,)
                 lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
                 target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
@@ -160,16 +143,12 @@ class _TiledCE(torch.autograd.Function):
                 if grad_h is None or grad_w is None:
                     continue
                 scales = torch.exp(tile_max - lse)  # (tiles, C)
-                if kernels is not None:
-                    kernels.accumulate_tiles(h, weight, blocks, tile, scales, grad_h[s : s + c], grad_w, grad_b,
-                                             parts)
-                else:
-                    gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
-                    _run_parts([partial(_accumulate, w, tiles, blocks, h, weight, scales, g, grad_w, grad_b)
-                                for w, g in zip(share, gh, strict=True)])
-                    for extra in gh[1:]:
-                        gh[0].add_(extra)
-                grad_h[s : s + c].sub_(weight[t])  # the one-hot target, subtracted once
+                gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
+                _run_parts([partial(_accumulate, w, tiles, blocks, h, weight, scales, g, grad_w, grad_b)
+                            for w, g in zip(share, gh, strict=True)])
+                for extra in gh[1:]:
+                    gh[0].add_(extra)
+                gh[0].sub_(weight[t])  # the one-hot target, subtracted once
                 grad_w.index_add_(0, t, h, alpha=-1.0)
                 if grad_b is not None:
                     grad_b.index_add_(0, t, torch.ones_like(t, dtype=grad_b.dtype), alpha=-1.0)
