@@ -74,7 +74,8 @@ def _run_parts(jobs: list[Callable[[], None]]) -> None:
     """Run each job on its own thread (the first on this one) and wait for all; re-raises. Grad mode
     is per thread: the pool's threads take this thread's (off inside an autograd Function)."""
     grad = torch.is_grad_enabled()
-    futures = [_pool(len(jobs) - 1).submit(_with_grad_mode, grad, job) for job in jobs[1:]] if len(jobs) > 1 else []
+    pool = _pool(len(jobs) - 1) if len(jobs) > 1 else None
+    futures = [pool.submit(_with_grad_mode, grad, job) for job in jobs[1:]] if pool is not None else []
     try:
         jobs[0]()
     finally:
