@@ -18,9 +18,6 @@ one thread; the hidden-state gradient is summed over per-thread copies in a fixe
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
 from typing import Any
@@ -28,7 +25,7 @@ from typing import Any
 import torch
 
 from seqrec.models.base import score_tile
-from seqrec.threads import single_threaded_ops
+from seqrec.threads import map_on_threads, single_threaded_ops
 
 ROW_CHUNK = 512
 ITEM_TILE = 512
@@ -52,40 +49,10 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
 
 
 PARALLEL_TILES = True  # False: every op uses all intra-op threads (the plain eager schedule)
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (size, pool), created on first use
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] < workers:
-            if _POOL is not None:
-                _POOL[1].shutdown(wait=False)
-            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="seqrec-ce"))
-        return _POOL[1]
 
 
 def _n_parts(device: torch.device) -> int:
     return torch.get_num_threads() if PARALLEL_TILES and device.type == "cpu" else 1
-
-
-def _run_parts(jobs: list[Callable[[], None]]) -> None:
-    """Run each job on its own thread (the first on this one) and wait for all; re-raises. Grad mode
-    is per thread: the pool's threads take this thread's (off inside an autograd Function)."""
-    grad = torch.is_grad_enabled()
-    pool = _pool(len(jobs) - 1) if len(jobs) > 1 else None
-    futures = [pool.submit(_with_grad_mode, grad, job) for job in jobs[1:]] if pool is not None else []
-    try:
-        jobs[0]()
-    finally:
-        for f in futures:
-            f.result()
-
-
-def _with_grad_mode(grad: bool, job: Callable[[], None]) -> None:
-    with torch.set_grad_enabled(grad):
-        job()
 
 
 def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
@@ -99,11 +66,13 @@ def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tens
         torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
 
 
-def _accumulate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
-                weight: torch.Tensor, scales: torch.Tensor, grad_h: torch.Tensor, grad_w: torch.Tensor,
+def _accumulate(part: tuple[range, torch.Tensor], tiles: list[tuple[int, int]], blocks: torch.Tensor,
+                h: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, grad_w: torch.Tensor,
                 grad_b: torch.Tensor | None) -> None:
-    """Pass 2 over tiles ``which``: softmax = e * exp(m - lse), a per-row factor that scales the
-    (C, D) operands and products instead of the (C, T) tile."""
+    """Pass 2 over tiles ``which`` into this thread's ``grad_h``, ``part = (which, grad_h)``: softmax =
+    e * exp(m - lse), a per-row factor that scales the (C, D) operands and products instead of the
+    (C, T) tile."""
+    which, grad_h = part
     for i in which:
         lo, hi = tiles[i]
         e, scale = blocks[i, :, : hi - lo], scales[i][:, None]
@@ -135,8 +104,8 @@ class _TiledCE(torch.autograd.Function):
                 blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
                 tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
                 tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
-                _run_parts([partial(_exponentiate, w, tiles, blocks, h, weight, bias, tile_max, tile_sum)
-                            for w in share])
+                map_on_threads(partial(_exponentiate, tiles=tiles, blocks=blocks, h=h, weight=weight, bias=bias,
+                                        tile_max=tile_max, tile_sum=tile_sum), share, parts)
                 top = tile_max.amax(0)  # (C,)
                 lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
                 target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
@@ -145,8 +114,8 @@ class _TiledCE(torch.autograd.Function):
                     continue
                 scales = torch.exp(tile_max - lse)  # (tiles, C)
                 gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
-                _run_parts([partial(_accumulate, w, tiles, blocks, h, weight, scales, g, grad_w, grad_b)
-                            for w, g in zip(share, gh, strict=True)])
+                map_on_threads(partial(_accumulate, tiles=tiles, blocks=blocks, h=h, weight=weight, scales=scales,
+                                       grad_w=grad_w, grad_b=grad_b), list(zip(share, gh, strict=True)), parts)
                 for extra in gh[1:]:
                     gh[0].add_(extra)
                 gh[0].sub_(weight[t])  # the one-hot target, subtracted once

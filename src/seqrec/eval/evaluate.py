@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +15,7 @@ from seqrec.errors import SeqrecError
 from seqrec.eval.metrics import all_metrics
 from seqrec.eval.tiled import top_and_ranks
 from seqrec.models.base import SequenceEncoder
-from seqrec.threads import single_threaded_ops
+from seqrec.threads import map_on_threads, single_threaded_ops
 
 COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
 
@@ -117,15 +117,11 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
     else:
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             targets = torch.from_numpy(data.targets[rows])
-            with torch.no_grad():  # grad mode is per thread: the decorator covers the caller's only
-                return _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
+            return _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
 
-        workers = cfg.workers or torch.get_num_threads()
-        if workers > 1 and device.type == "cpu" and len(batches) > 1:
-            with single_threaded_ops(), ThreadPoolExecutor(workers, thread_name_prefix="seqrec-eval") as pool:
-                results = list(pool.map(rank, batches))  # in order: metrics do not depend on workers
-        else:
-            results = [rank(rows) for rows in batches]
+        workers = (cfg.workers or torch.get_num_threads()) if device.type == "cpu" else 1
+        with single_threaded_ops() if workers > 1 and len(batches) > 1 else nullcontext():
+            results = map_on_threads(rank, batches, workers)  # in order: metrics do not depend on workers
         for top, batch_ranks in results:
             all_ranks.append(batch_ranks.numpy())
             all_top.append(top.numpy())  # 0 = no item (fewer than K rankable): never counted
