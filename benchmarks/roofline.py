@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import machine  # benchmarks/machine.py
 import seqrec
 from seqrec import fused_ce
 from seqrec.data.batch import TrainBatches
@@ -213,7 +213,7 @@ def main() -> int:
         "ratio_to_limit": float(step["projected_epoch_seconds"]) / limit,
         "fraction_of_fp32_peak": float(step["achieved_gflops_whole_step"]) / fp32_peak,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine.describe(),
         "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     name = f"roofline-{args.threads}t" + ("-bf16" if args.bf16 else "") + (f"-{args.tag}" if args.tag else "")

@@ -16,7 +16,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
 import resource
 import shlex
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import machine  # benchmarks/machine.py
 import seqrec
 from seqrec.cli import model_params
 from seqrec.datasets import load_dataset
@@ -121,7 +121,7 @@ def main() -> int:
         "n_parameters": rec.info.get("n_parameters"),
         "train_config": cfg.__dict__, "model_params": params, "history": result.history,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine.describe(),
         "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     name = f"{args.dataset}-{args.model}" + (f"-{args.tag}" if args.tag else "")

@@ -26,6 +26,9 @@ from typing import Any
 import envs
 from common import VALID_TARGET
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for machine.py
+import machine
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DATA_FILE = ROOT.parent / "shared" / "data" / "amazon-beauty-bert4rec" / "beauty.txt.gz"
@@ -324,7 +327,7 @@ def main() -> int:
         "omp_wait_policy": args.omp_wait_policy,
         "install_seconds": install, "runs": runs, "ratios_peer_over_seqrec": rat,
         "reused_runs_from": str(args.reuse) if args.reuse else None,
-        "command": "python " + " ".join(sys.argv), "ran_beside": args.note,
+        "command": "python " + " ".join(sys.argv), "ran_beside": args.note, "cpu": machine.cpu(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path = args.out or ROOT / "benchmarks" / "results" / f"peers-{stamp[:8]}.json"
