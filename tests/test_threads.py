@@ -29,7 +29,8 @@ def test_the_callers_grad_mode_is_carried_into_the_workers(grad: bool) -> None:
 
 
 def test_no_more_threads_than_asked_work_at_once() -> None:
-    threads._pool(4)  # a larger pool already exists
+    with threads._POOL_LOCK:
+        threads._pool(4)  # a larger pool already exists
     lock, running, peak = threading.Lock(), [0], [0]
 
     def job(_: int) -> None:
@@ -65,6 +66,65 @@ def test_one_worker_or_one_item_runs_on_the_callers_thread() -> None:
     assert map_on_threads(lambda _: threading.get_ident(), [0], workers=4) == [me]
 
 
+def test_callers_on_several_threads_with_different_worker_counts_all_get_their_results() -> None:
+    errors: list[BaseException] = []
+
+    def caller(seed: int) -> None:
+        try:
+            for k in range(30):
+                workers = 2 + (seed + k) % 5  # the pool grows while the other caller is using it
+                items = list(range(seed, seed + 7))
+                assert map_on_threads(lambda x: x * 2, items, workers=workers) == [x * 2 for x in items]
+        except BaseException as exc:  # reported below, on the test thread
+            errors.append(exc)
+
+    callers = [threading.Thread(target=caller, args=(s,)) for s in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert errors == []
+
+
+def test_a_caller_interrupted_while_waiting_returns_only_when_no_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    lock, running, started = threading.Lock(), [0], [0]
+
+    def job(_: int) -> None:
+        with lock:
+            running[0] += 1
+            started[0] += 1
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    real_wait, calls = threads.wait, [0]
+
+    def interrupted_wait(futures: list) -> object:  # type: ignore[type-arg]
+        calls[0] += 1
+        if calls[0] == 1:
+            time.sleep(0.01)
+            raise KeyboardInterrupt
+        return real_wait(futures)
+
+    monkeypatch.setattr(threads, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        map_on_threads(job, list(range(40)), workers=2)
+    assert running[0] == 0 and started[0] < 40
+
+
+def test_nested_single_threaded_ops_restore_at_the_outermost_exit() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_threaded_ops():
+            with single_threaded_ops():
+                pass
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_single_threaded_ops_restores_the_thread_count_even_on_error() -> None:
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError), single_threaded_ops():
@@ -75,7 +135,6 @@ def test_single_threaded_ops_restores_the_thread_count_even_on_error() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_a_working_pool() -> None:
-    threads._pool(2)
     map_on_threads(time.sleep, [0.05, 0.05], workers=2)  # both of the parent's threads start, then idle
     time.sleep(0.05)
     pid = os.fork()
