@@ -14,6 +14,10 @@
 tile op on all threads, the for-loop AdamW), alternating the order batch by batch, and reports
 the ratios of the two: an A/B in one process.
 
+``--ce-bf16-grads`` times the steps with the catalog softmax's two gradient matmuls on bf16 operands
+(``chunked_ce(bf16_grads=True)``) and every batch also with the fp32 softmax, alternating; the
+limit it is judged against counts those two matmuls at the bf16 peak (``epoch_limit_seconds_mixed``).
+
 ``--bf16`` times the steps under bfloat16 autocast (the encoder; the catalog softmax stays fp32);
 the limit at the bf16 peak is reported either way. OpenMP's wait policy is left as the caller sets
 it (recorded in the JSON): ``OMP_WAIT_POLICY=PASSIVE python benchmarks/roofline.py`` shows what
@@ -85,13 +89,14 @@ PHASES = ("batch", "encoder_forward", "loss_with_grads", "encoder_backward", "cl
 
 
 class Variant:
-    """One training-step schedule: ``current`` is what training uses now; ``baseline`` the schedule
-    before session 7 (every op on all threads, the plain for-loop AdamW), kept to A/B in one process."""
+    """One training-step schedule: ``current`` is what training uses now (with ``--ce-bf16-grads``, its
+    bf16 gradient matmuls); ``baseline`` the schedule before session 7 (every op on all threads, the
+    plain for-loop AdamW); ``fp32`` the current schedule with the fp32 softmax — kept to A/B in one process."""
 
-    def __init__(self, name: str, model: torch.nn.Module) -> None:
-        self.name, self.parallel_tiles = name, name == "current"
-        self.opt = make_optimizer(model, TrainConfig()) if name == "current" else torch.optim.AdamW(
-            param_groups(model, 0.0), lr=1e-3)
+    def __init__(self, name: str, model: torch.nn.Module, bf16_grads: bool = False) -> None:
+        self.name, self.parallel_tiles, self.bf16_grads = name, name != "baseline", bf16_grads
+        self.opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-3) if name == "baseline" else make_optimizer(
+            model, TrainConfig())
         self.phases: dict[str, list[float]] = defaultdict(list)
         self.targets = 0
 
@@ -112,7 +117,7 @@ def one_step(model: torch.nn.Module, batch: Any, variant: Variant, autocast: Any
     if counter is not None:
         counter.__exit__(None, None, None)
     with autocast:
-        loss = compute_loss(model, h_leaf, batch.targets[mask], LossConfig("ce"), None)
+        loss = compute_loss(model, h_leaf, batch.targets[mask], LossConfig("ce", bf16_grads=variant.bf16_grads), None)
     variant.opt.zero_grad(set_to_none=True)
     loss.backward()
     t3 = time.perf_counter()
@@ -147,7 +152,8 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
     model = create("sasrec", n_items=split.n_items, max_len=50, dropout=0.3)
     batches = TrainBatches(split.train, 50, args.batch_size, sliding=True, bucket=True)
     n_targets = int((batches.lengths - 1).clamp(min=0).sum())
-    variants = [Variant("current", model)] + ([Variant("baseline", model)] if args.baseline else [])
+    variants = [Variant("current", model, args.ce_bf16_grads)] + [
+        Variant(name, model) for name, on in (("baseline", args.baseline), ("fp32", args.ce_bf16_grads)) if on]
     enc_flops = 0.0
     gen = torch.Generator().manual_seed(0)
     it = iter(batches.epoch(gen))
@@ -176,12 +182,12 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
         "output_layer_tflop_per_epoch": n_targets * ce_flops_per_target / 1e12,
         "encoder_tflop_per_epoch": n_targets * enc_flops / 1e12,
     }
-    if args.baseline:
-        base = summarize_variant(variants[1], n_targets, ce_flops_per_target, enc_flops)
-        out["baseline"] = base
-        out["speedup_vs_baseline"] = {
+    for other in variants[1:]:
+        base = summarize_variant(other, n_targets, ce_flops_per_target, enc_flops)
+        out[other.name] = base
+        out[f"speedup_vs_{other.name}"] = {
             "projected_epoch": base["projected_epoch_seconds"] / out["projected_epoch_seconds"],
-            **{f"median_{k}": statistics.median(variants[1].phases[k]) / statistics.median(variants[0].phases[k])
+            **{f"median_{k}": statistics.median(other.phases[k]) / statistics.median(variants[0].phases[k])
                for k in PHASES if k != "batch"},
         }
     return out
@@ -196,6 +202,9 @@ def main() -> int:
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
     p.add_argument("--baseline", action="store_true",
                    help="also time every batch under the pre-session-7 schedule (all-thread ops, plain AdamW)")
+    p.add_argument("--ce-bf16-grads", action="store_true",
+                   help="the catalog softmax's gradient matmuls on bf16 operands; every batch is also timed "
+                        "with the fp32 softmax (A/B), and the limit counts those matmuls at the bf16 peak")
     p.add_argument("--tag", default="", help="suffix of the result file name")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args()
@@ -205,18 +214,26 @@ def main() -> int:
     fp32_peak = peak["square_4096_fp32"]
     tflop = float(step["output_layer_tflop_per_epoch"]) + float(step["encoder_tflop_per_epoch"])
     limit = tflop * 1e3 / fp32_peak
+    # With --ce-bf16-grads two of the output layer's three matmuls run in bf16: their share of the
+    # FLOPs is judged at the bf16 peak, the logits matmul and the encoder at the fp32 one.
+    low_tflop = 2 / 3 * float(step["output_layer_tflop_per_epoch"]) if args.ce_bf16_grads else 0.0
+    mixed = ((tflop - low_tflop) / fp32_peak + low_tflop / square_peak(peak, "bf16")) * 1e3
     out = {
         "matmul_gflops": peak, "sasrec_step": step, "bf16_autocast": args.bf16,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "epoch_limit_seconds_fp32": limit,
         "epoch_limit_seconds_bf16": tflop * 1e3 / square_peak(peak, "bf16"),
         "ratio_to_limit": float(step["projected_epoch_seconds"]) / limit,
+        "ce_bf16_grads": args.ce_bf16_grads,
+        "epoch_limit_seconds_mixed": mixed if args.ce_bf16_grads else None,
+        "ratio_to_mixed_limit": float(step["projected_epoch_seconds"]) / mixed if args.ce_bf16_grads else None,
         "fraction_of_fp32_peak": float(step["achieved_gflops_whole_step"]) / fp32_peak,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "machine": machine.describe(),
         "ran_beside": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    name = f"roofline-{args.threads}t" + ("-bf16" if args.bf16 else "") + (f"-{args.tag}" if args.tag else "")
+    name = f"roofline-{args.threads}t" + ("-bf16" if args.bf16 else "") + ("-bf16grads" if args.ce_bf16_grads else "") \
+        + (f"-{args.tag}" if args.tag else "")
     path = ROOT / "results" / f"{name}.json"
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

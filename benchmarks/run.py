@@ -78,6 +78,8 @@ def parse() -> argparse.Namespace:
                    "back from the last")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast of the encoder (the catalog softmax stays fp32)")
+    p.add_argument("--ce-bf16-grads", action="store_true",
+                   help="full CE: the catalog softmax's two gradient matmuls on bf16 operands")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     return p.parse_args()
@@ -96,7 +98,7 @@ def main() -> int:
         shared_negatives=not args.per_target_negatives, grad_clip=args.grad_clip or None,
         sliding=not args.no_sliding, bucket=not args.no_bucket, max_seconds=args.max_minutes * 60, device="cpu",
         valid_users=args.valid_users, train_rest_valid=args.train_rest_valid,
-        warmup_steps=args.warmup_steps, schedule=args.schedule, bf16=args.bf16)
+        warmup_steps=args.warmup_steps, schedule=args.schedule, bf16=args.bf16, ce_bf16_grads=args.ce_bf16_grads)
     params = model_params(args)  # the same model options as `seqrec train`
     rec = seqrec.Recommender(args.model, cfg, **params)
 

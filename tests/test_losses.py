@@ -75,6 +75,34 @@ def test_chunked_ce_matches_plain_loss_and_gradients(row_chunk: int, tile: int, 
     assert torch.get_num_threads() == threads  # restored after the tile threads ran single-threaded
 
 
+@pytest.mark.parametrize("tile", [4, 7])  # 7: the last tile is a column slice of the bf16 workspace
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
+def test_bf16_gradient_matmuls_stay_within_bf16_rounding_of_the_plain_gradients(
+        tile: int, with_bias: bool, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("seqrec.fused_ce.ROW_CHUNK", 16)
+    torch.manual_seed(tile)
+    emb, bias = torch.randn(300, 16), torch.randn(300) if with_bias else None
+    hidden, targets = torch.randn(40, 16), torch.randint(1, 300, (40,))
+    m1 = Fixed(emb.clone(), None if bias is None else bias.clone())
+    m2 = Fixed(emb.clone(), None if bias is None else bias.clone())
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    l1 = full_ce(m1, h1, targets)
+    l2 = chunked_ce(h2, m2.emb, m2.b, targets, chunk=tile, bf16_grads=True)
+    l1.backward()
+    l2.backward()
+    assert l2.dtype == torch.float32
+    torch.testing.assert_close(l2, l1)  # the loss itself is all fp32: logits, max, exp, sums
+    pairs = [(h1.grad, h2.grad), (m1.emb.grad, m2.emb.grad)]
+    if m1.b is not None and m2.b is not None:
+        pairs.append((m1.b.grad, m2.b.grad))
+    for plain, low in pairs:
+        assert plain is not None and low is not None and low.dtype == torch.float32
+        error = ((low - plain).norm() / plain.norm()).item()
+        assert 0.0 < error < 1e-2  # bf16 rounding (2^-9 relative): present, and small
+    assert torch.get_num_threads() == threads
+
+
 def test_sampled_softmax_with_all_items_equals_full_softmax() -> None:
     torch.manual_seed(1)
     model = Fixed(torch.randn(12, 4), torch.randn(12))

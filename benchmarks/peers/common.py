@@ -28,6 +28,8 @@ def parse(description: str) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", choices=("true", "false"), default="true")
     p.add_argument("--bf16", action="store_true", help="seqrec only: bfloat16 autocast of the encoder")
+    p.add_argument("--ce-bf16-grads", action="store_true",
+                   help="seqrec only: the catalog softmax's gradient matmuls on bf16 operands")
     return p.parse_args()
 
 

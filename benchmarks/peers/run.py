@@ -33,8 +33,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DATA_FILE = ROOT.parent / "shared" / "data" / "amazon-beauty-bert4rec" / "beauty.txt.gz"
 WORK = HERE / ".work"
-TOOLS = ("seqrec", "recbole", "rectools", "rectools-nondet", "seqrec-bf16")
-DEFAULT_TOOLS = TOOLS[:4]  # seqrec-bf16: bf16 autocast of the encoder (the catalog softmax stays fp32)
+TOOLS = ("seqrec", "recbole", "rectools", "rectools-nondet", "seqrec-bf16", "seqrec-bf16grads")
+# seqrec-bf16: bf16 autocast of the encoder (the catalog softmax stays fp32); seqrec-bf16grads: the
+# catalog softmax's two gradient matmuls on bf16 operands (--ce-bf16-grads). Both opt-in.
+DEFAULT_TOOLS = TOOLS[:4]
 TEST_SHARE = 0.2  # of the cap, kept for the final full-ranking test evaluation ...
 TEST_RESERVE_MAX = 600.0  # ... but at most 10 minutes: the slowest peer ranks all test users in under a minute
 
@@ -93,7 +95,8 @@ def worker_command(tool: str, data: Path, out: Path, args: argparse.Namespace) -
     base = ["--data", str(data), "--out", str(out), "--train-seconds", f"{train:.0f}",
             "--threads", str(args.threads)]
     if tool.startswith("seqrec"):
-        return [sys.executable, str(HERE / "worker_seqrec.py"), *base, *(["--bf16"] if tool == "seqrec-bf16" else [])]
+        flag = {"seqrec-bf16": ["--bf16"], "seqrec-bf16grads": ["--ce-bf16-grads"]}.get(tool, [])
+        return [sys.executable, str(HERE / "worker_seqrec.py"), *base, *flag]
     if tool == "recbole":
         return [str(envs.python_of("recbole")), str(HERE / "worker_recbole.py"), *base]
     det = "false" if tool == "rectools-nondet" else "true"

@@ -24,10 +24,11 @@ def main() -> int:
     split = seqrec.leave_one_out(data)
     cfg = seqrec.TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, max_len=50, loss="ce",
                              patience=args.patience, seed=args.seed, max_seconds=args.train_seconds,
-                             device="cpu", bf16=args.bf16)
+                             device="cpu", bf16=args.bf16, ce_bf16_grads=args.ce_bf16_grads)
     params = {"dim": 64, "n_layers": 2, "n_heads": 1}
     rec = seqrec.Recommender("sasrec", cfg, **params)
-    progress.write("meta", tool="seqrec-bf16" if args.bf16 else "seqrec", version=getattr(seqrec, "__version__", "?"),
+    tool = "seqrec" + ("-bf16" if args.bf16 else "") + ("-bf16grads" if args.ce_bf16_grads else "")
+    progress.write("meta", tool=tool, version=getattr(seqrec, "__version__", "?"),
                    torch=torch.__version__, threads=torch.get_num_threads(), n_users=data.n_users,
                    n_items=data.n_items, n_events=data.n_events, n_test_users=len(split.test.users),
                    settings={**params, "train_config": cfg.__dict__},

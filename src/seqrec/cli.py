@@ -104,7 +104,10 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
     g.add_argument("--mask-prob", type=float, default=0.2, help="cloze objective masking probability")
     g.add_argument("--warmup-steps", type=int, default=0)
     g.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder (CPU or CUDA)")
+    g.add_argument("--ce-bf16-grads", action="store_true",
+                   help="full CE: the catalog softmax's two gradient matmuls on bf16 operands (AMX / tensor cores; "
+                        "logits, exp and sums stay fp32; gradients differ by ~0.1-0.4%%)")
     g.add_argument("--no-sliding", action="store_true", help="one training window per user (most recent)")
     g.add_argument("--no-bucket", action="store_true", help="random batches, not grouped by length "
                    "(slower; bucketed batches weigh every target alike, as random ones do)")
@@ -140,7 +143,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
                        shared_negatives=not args.per_target_negatives,
                        objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
-                       schedule=args.schedule, bf16=args.bf16, sliding=not args.no_sliding, bucket=not args.no_bucket,
+                       schedule=args.schedule, bf16=args.bf16, ce_bf16_grads=args.ce_bf16_grads,
+                       sliding=not args.no_sliding, bucket=not args.no_bucket,
                        device=args.device, valid_users=args.valid_users,
                        train_rest_valid=args.train_rest_valid)
 

@@ -58,12 +58,20 @@ def _n_parts(device: torch.device) -> int:
 def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
                   weight: torch.Tensor, bias: torch.Tensor | None, tile_max: torch.Tensor,
                   tile_sum: torch.Tensor) -> None:
-    """Pass 1 over tiles ``which``: blocks[i] = exp(logits - m), m the row maximum; keep m and sum."""
+    """Pass 1 over tiles ``which``: blocks[i] = exp(logits - m), m the row maximum; keep m and sum.
+
+    With bf16 blocks the logits, their maximum, exp and sum are fp32 (a per-thread scratch tile), and
+    the exp is then stored rounded to bf16 (a copy: torch.exp with a bf16 ``out`` is ~25x slower)."""
+    low = blocks.dtype != h.dtype
+    scratch = torch.empty(h.shape[0], blocks.shape[2], dtype=h.dtype, device=h.device) if low else None
     for i in which:
         lo, hi = tiles[i]
-        logits = score_tile(blocks[i, :, : hi - lo], h, weight, bias, lo, hi)
+        store = blocks[i, :, : hi - lo]
+        logits = score_tile(store if scratch is None else scratch[:, : hi - lo], h, weight, bias, lo, hi)
         m = torch.amax(logits, 1, out=tile_max[i]).clamp_(min=_FLOOR)  # finite: exp(-inf - m) = 0
         torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
+        if scratch is not None:
+            store.copy_(logits)
 
 
 def _accumulate(part: tuple[range, torch.Tensor], tiles: list[tuple[int, int]], blocks: torch.Tensor,
@@ -71,21 +79,32 @@ def _accumulate(part: tuple[range, torch.Tensor], tiles: list[tuple[int, int]], 
                 grad_b: torch.Tensor | None) -> None:
     """Pass 2 over tiles ``which`` into this thread's ``grad_h``, ``part = (which, grad_h)``: softmax =
     e * exp(m - lse), a per-row factor that scales the (C, D) operands and products instead of the
-    (C, T) tile."""
+    (C, T) tile. ``weight`` is in the blocks' precision (bf16: both gradient matmuls on bf16
+    operands, their products added to the fp32 gradients)."""
     which, grad_h = part
     for i in which:
         lo, hi = tiles[i]
         e, scale = blocks[i, :, : hi - lo], scales[i][:, None]
+        if e.dtype != h.dtype and hi - lo < blocks.shape[2]:
+            e = e.contiguous()  # torch 2.13's CPU bf16 matmul misreads a column slice of a wider buffer
         grad_h.addcmul_(e @ weight[lo:hi], scale)
-        grad_w[lo:hi].addmm_(e.T, h * scale)
+        _add_product(grad_w[lo:hi], e.T, (h * scale).to(e.dtype))
         if grad_b is not None:
-            grad_b[lo:hi].addmv_(e.T, scales[i])
+            _add_product(grad_b[lo:hi, None], e.T, scale.to(e.dtype))
+
+
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b, in place; a and b may be in a lower precision than out."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    else:
+        out += a @ b
 
 
 class _TiledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, tile: int) -> torch.Tensor:
+                targets: torch.Tensor, tile: int, low: torch.dtype | None) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:3])
         grad_h = torch.zeros_like(hidden) if need_grad else None
         grad_w = torch.zeros_like(weight) if need_grad else None
@@ -94,7 +113,9 @@ class _TiledCE(torch.autograd.Function):
         tiles = _tiles(weight.shape[0], tile)
         # Tile-major buffer: each (rows x tile) block is contiguous, written once by the matmul
         # while it is in cache, exponentiated there, and read back once by the gradient matmuls.
-        buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, hidden.dtype, hidden.device)
+        # ``low``: the blocks and the gradient matmuls' operands in that precision (bf16), not the weights'.
+        buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, low or hidden.dtype, hidden.device)
+        weight_low = weight.detach().to(low) if low is not None and need_grad else weight
         parts = min(_n_parts(hidden.device), len(tiles))
         share = [range(k, len(tiles), parts) for k in range(parts)]  # interleaved: the last tile is short
         with single_threaded_ops() if parts > 1 else nullcontext():
@@ -114,7 +135,7 @@ class _TiledCE(torch.autograd.Function):
                     continue
                 scales = torch.exp(tile_max - lse)  # (tiles, C)
                 gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
-                map_on_threads(partial(_accumulate, tiles=tiles, blocks=blocks, h=h, weight=weight, scales=scales,
+                map_on_threads(partial(_accumulate, tiles=tiles, blocks=blocks, h=h, weight=weight_low, scales=scales,
                                        grad_w=grad_w, grad_b=grad_b), list(zip(share, gh, strict=True)), parts)
                 for extra in gh[1:]:
                     gh[0].add_(extra)
@@ -136,20 +157,25 @@ class _TiledCE(torch.autograd.Function):
             grad_b * scale if grad_b is not None else None,
             None,
             None,
+            None,
         )
 
 
 def chunked_ce(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-               chunk: int = ITEM_TILE) -> torch.Tensor:
+               chunk: int = ITEM_TILE, bf16_grads: bool = False) -> torch.Tensor:
     """Mean cross-entropy of ``targets`` under ``softmax(hidden @ weight.T + bias)``; column 0 excluded.
 
     hidden (M, D), weight (N + 1, D), bias (N + 1,) or None, targets (M,) in 1..N; ``chunk`` is
-    the item tile size.
+    the item tile size. ``bf16_grads`` (fp32 weights only): the softmax tiles are stored in bf16 and
+    the two gradient matmuls take bf16 operands (AMX / tensor cores; half the workspace), while the
+    logits, their maxima, the exp and every sum stay fp32 and the gradients are accumulated in fp32.
+    It changes the gradients by about bf16's rounding (~0.4% relative), so it is opt-in.
     """
     dtype = weight.dtype
     hidden = hidden.to(dtype)  # under autocast the hidden state may be bf16
+    low = torch.bfloat16 if bf16_grads and dtype == torch.float32 else None
     # The catalog softmax runs in the weights' precision: autocast does not cover in-place addmm_.
     with torch.autocast(hidden.device.type, enabled=False):
         out: torch.Tensor = _TiledCE.apply(hidden, weight, bias.to(dtype) if bias is not None else None, targets,
-                                           chunk)
+                                           chunk, low)
     return out

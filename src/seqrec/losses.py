@@ -30,6 +30,7 @@ class LossConfig:
     logq: bool = True  # subtract log of the sampling probability (sampled softmax)
     gbce_t: float = 0.75  # gBCE calibration parameter t
     shared_negatives: bool = True  # sampled softmax: one draw for the whole batch (False: a draw per target)
+    bf16_grads: bool = False  # full CE: the catalog softmax's gradient matmuls on bf16 operands (see chunked_ce)
 
 
 class NegativeSampler:
@@ -115,7 +116,7 @@ def compute_loss(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Te
                  sampler: NegativeSampler | None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Dispatch on ``cfg.name``. hidden (M, D) at target positions, targets (M,)."""
     if cfg.name == "ce":
-        return chunked_ce(hidden, model.item_embeddings(), model.item_bias(), targets)
+        return chunked_ce(hidden, model.item_embeddings(), model.item_bias(), targets, bf16_grads=cfg.bf16_grads)
     if sampler is None:
         raise SeqrecError(f"loss {cfg.name!r} needs a negative sampler")
     n_items = sampler.n_items

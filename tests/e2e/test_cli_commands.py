@@ -85,6 +85,17 @@ def test_train_prints_the_dataset_and_full_ranking_metrics(capsys: pytest.Captur
     assert (out_dir / "model.safetensors").is_file()
 
 
+def test_train_with_bf16_gradient_matmuls_records_the_option(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                             tiny_log: Path, tiny_train_args: list[str]) -> None:
+    out_dir = tmp_path / "sasrec-bf16grads"
+    run_ok(capsys, ["train", "--data", str(tiny_log), *tiny_train_args, "--model", "sasrec", "--loss", "ce",
+                    "--ce-bf16-grads", "--out", str(out_dir)])
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["train_config"]["ce_bf16_grads"] is True
+    info = json.loads((out_dir / "info.json").read_text())
+    assert 0.0 <= info["test_metrics"]["NDCG@10"] <= 1.0
+
+
 def test_evaluate_full_ranking(capsys: pytest.CaptureFixture[str], trained_artifact: Path) -> None:
     out = run_ok(capsys, ["evaluate", str(trained_artifact), "--k", "5,10"])
     assert "full ranking" in out and "SAMPLED" not in out

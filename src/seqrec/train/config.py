@@ -28,7 +28,8 @@ class TrainConfig:
     mask_prob: float = 0.2  # cloze objective
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine
-    bf16: bool = False
+    bf16: bool = False  # bfloat16 autocast of the encoder (the catalog softmax stays fp32)
+    ce_bf16_grads: bool = False  # full CE: the catalog softmax's two gradient matmuls on bf16 operands
     device: str = "auto"
     valid_metric: str = "NDCG@10"
     valid_users: int | None = None  # early stopping on a fixed random subset of validation users (None: all)

@@ -133,7 +133,8 @@ class Trainer:
         self.train = training_sequences(split, self.valid, cfg.train_rest_valid)
         counts = np.bincount(self.train.items, minlength=split.n_items + 1)
         self.item_counts = counts
-        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives)
+        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives,
+                                   cfg.ce_bf16_grads)
         self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
         self._rows = RowWeights()  # replaced at the start of each fit: the running mean belongs to one fit
 
