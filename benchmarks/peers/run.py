@@ -53,9 +53,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DATA_FILE)
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/peers-<date>.json)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
-    p.add_argument("--reuse", type=Path,
+    p.add_argument("--reuse", type=Path, action="append", default=[],
                    help="an earlier result JSON: its runs of tools not run now are compared with this run's "
-                        "(e.g. new seqrec runs against stored peers, or one peer again against stored seqrec)")
+                        "(e.g. new seqrec runs against stored peers, or one peer again against stored seqrec); "
+                        "repeatable, the first file's run of a tool wins")
     return p.parse_args()
 
 
@@ -318,8 +319,11 @@ def main() -> int:
                                                                                           stats["items"]):
                 print(f"[peers] WARNING {tool} saw {seen['n_users']} users / {seen['n_items']} items, "
                       f"the file has {stats['users']} / {stats['items']}", flush=True)
-    if args.reuse:
-        runs += runs_from(args.reuse, set(tools))
+    taken = set(tools)
+    for path in args.reuse:
+        earlier = runs_from(path, taken)
+        runs += earlier
+        taken |= {r["tool"] for r in earlier}
     rat = ratios(runs)
     result = {
         "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over all items, "
@@ -329,7 +333,7 @@ def main() -> int:
         "cap_minutes": args.cap_minutes, "threads": args.threads, "rounds": args.rounds,
         "omp_wait_policy": args.omp_wait_policy,
         "install_seconds": install, "runs": runs, "ratios_peer_over_seqrec": rat,
-        "reused_runs_from": str(args.reuse) if args.reuse else None,
+        "reused_runs_from": [str(p) for p in args.reuse] or None,
         "command": "python " + " ".join(sys.argv), "ran_beside": args.note, "cpu": machine.cpu(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -77,3 +77,15 @@ def test_ratios_are_peer_over_seqrec_and_bounds_are_marked(harness: ModuleType, 
     assert by_peer["rectools"]["time_to_quality"] == pytest.approx(7000 / 250)
     assert by_peer["rectools"]["time_to_quality_is_lower_bound"] is True
     assert "| >28.00 |" in harness.table(runs, harness.ratios(runs))
+
+
+def test_reused_files_give_their_own_runs_of_tools_not_run_now(harness: ModuleType, tmp_path: Path) -> None:
+    def saved(name: str, runs: list[dict[str, Any]]) -> Path:
+        (tmp_path / name).write_text(json.dumps({"date": "d", "runs": runs}))
+        return tmp_path / name
+
+    own = saved("a.json", [{"tool": "rectools"}, {"tool": "seqrec", "from": "older.json"}])
+    other = saved("b.json", [{"tool": "recbole"}, {"tool": "seqrec"}])
+    assert [r["tool"] for r in harness.runs_from(own, {"seqrec-bf16grads"})] == ["rectools"]  # not re-reused
+    assert [r["tool"] for r in harness.runs_from(other, {"seqrec"})] == ["recbole"]  # a tool run now is skipped
+    assert harness.runs_from(other, set())[0]["from"] == "b.json (d)"
