@@ -29,6 +29,7 @@ from seqrec.threads import map_on_threads, single_threaded_ops
 
 ROW_CHUNK = 512
 ITEM_TILE = 512
+ROW_PAD = 64  # bf16 path: row counts rounded up to a multiple of this (ROW_CHUNK is one too)
 _FLOOR = -3.0e38  # a tile whose row is all -inf (only the padding column) keeps a finite maximum
 
 _WORKSPACE: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
@@ -106,6 +107,13 @@ class _TiledCE(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, tile: int, low: torch.dtype | None) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:3])
+        n_real = hidden.shape[0]
+        if low is not None and n_real % ROW_PAD:
+            # oneDNN compiles and caches a bf16 matmul per shape (~12 MB each): with the row count of every
+            # batch's last chunk its own shape, memory grew each epoch. Zero rows, excluded below, fix the shapes.
+            pad = ROW_PAD - n_real % ROW_PAD
+            hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
+            targets = torch.cat([targets, targets.new_ones(pad)])
         grad_h = torch.zeros_like(hidden) if need_grad else None
         grad_w = torch.zeros_like(weight) if need_grad else None
         grad_b = torch.zeros_like(bias) if need_grad and bias is not None else None
@@ -121,7 +129,7 @@ class _TiledCE(torch.autograd.Function):
         with single_threaded_ops() if parts > 1 else nullcontext():
             for s in range(0, hidden.shape[0], ROW_CHUNK):
                 h, t = hidden[s : s + ROW_CHUNK], targets[s : s + ROW_CHUNK]  # (C, D), (C,)
-                c = h.shape[0]
+                c, real = h.shape[0], max(0, min(h.shape[0], n_real - s))  # rows past n_real are padding
                 blocks = buf[: len(tiles) * c].view(len(tiles), c, tile)
                 tile_max = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
                 tile_sum = torch.empty(len(tiles), c, dtype=h.dtype, device=h.device)
@@ -130,10 +138,11 @@ class _TiledCE(torch.autograd.Function):
                 top = tile_max.amax(0)  # (C,)
                 lse = top + torch.log((tile_sum * torch.exp(tile_max - top)).sum(0))
                 target_logit = (h * weight[t]).sum(1) + (bias[t] if bias is not None else 0.0)
-                total += (lse - target_logit).sum()
+                total += (lse - target_logit)[:real].sum()
                 if grad_h is None or grad_w is None:
                     continue
                 scales = torch.exp(tile_max - lse)  # (tiles, C)
+                scales[:, real:] = 0.0  # padding rows: no weight in any gradient (their hidden rows are zero too)
                 gh = [grad_h[s : s + c]] + [torch.zeros_like(h) for _ in share[1:]]  # summed in a fixed order
                 map_on_threads(partial(_accumulate, tiles=tiles, blocks=blocks, h=h, weight=weight_low, scales=scales,
                                        grad_w=grad_w, grad_b=grad_b), list(zip(share, gh, strict=True)), parts)
@@ -142,10 +151,10 @@ class _TiledCE(torch.autograd.Function):
                 gh[0].sub_(weight[t])  # the one-hot target, subtracted once
                 grad_w.index_add_(0, t, h, alpha=-1.0)
                 if grad_b is not None:
-                    grad_b.index_add_(0, t, torch.ones_like(t, dtype=grad_b.dtype), alpha=-1.0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.n_rows = hidden.shape[0]
-        return total / max(hidden.shape[0], 1)
+                    grad_b.index_add_(0, t[:real], torch.ones_like(t[:real], dtype=grad_b.dtype), alpha=-1.0)
+        ctx.save_for_backward(grad_h[:n_real] if grad_h is not None else None, grad_w, grad_b)
+        ctx.n_rows = n_real
+        return total / max(n_real, 1)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
