@@ -30,6 +30,7 @@ import seqrec
 from seqrec.datasets import load_dataset
 from seqrec.eval.evaluate import EvalConfig, evaluate, score_histories
 from seqrec.eval.metrics import all_metrics
+from seqrec.models.base import SequenceModel
 from seqrec.models.registry import create
 
 ROOT = Path(__file__).resolve().parent
@@ -37,12 +38,12 @@ DATA_ROOT = ROOT.parent.parent / "shared" / "data"
 
 
 @torch.no_grad()
-def plain_ranks(model: torch.nn.Module, data: seqrec.EvalSet, max_len: int) -> np.ndarray:
+def plain_ranks(model: SequenceModel, data: seqrec.EvalSet) -> np.ndarray:
     """The straightforward version: big batches, whole-row comparisons."""
     out = []
     for start in range(0, len(data), 1024):
         rows = np.arange(start, min(start + 1024, len(data)))
-        scores = score_histories(model, data.history, rows, max_len, True, torch.device("cpu"))  # type: ignore[arg-type]
+        scores = score_histories(model, data.history, rows, True)
         t = scores.gather(1, torch.from_numpy(data.targets[rows])[:, None])
         ranks = 1.0 + (scores > t).sum(1).double() + ((scores == t).sum(1) - 1).double() / 2
         out.append(torch.where(torch.isinf(t[:, 0]), torch.inf, ranks).numpy())
@@ -64,13 +65,13 @@ def main() -> int:
     ours, intra, plain = [], [], []
     for _ in range(args.repeats):  # interleaved, so drift hits all alike
         t0 = time.perf_counter()
-        metrics = evaluate(model, test, 50, EvalConfig(ks=(10, 20), workers=args.threads))
+        metrics = evaluate(model, test, EvalConfig(ks=(10, 20), workers=args.threads))
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        one_batch = evaluate(model, test, 50, EvalConfig(ks=(10, 20), workers=1))
+        one_batch = evaluate(model, test, EvalConfig(ks=(10, 20), workers=1))
         intra.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ref = all_metrics(plain_ranks(model, test, 50), (10, 20))
+        ref = all_metrics(plain_ranks(model, test), (10, 20))
         plain.append(time.perf_counter() - t0)
     assert all(abs(metrics[k] - v) < 1e-12 for k, v in ref.items()), "the tiled and plain paths disagree"
     assert one_batch == metrics, "batches side by side disagree with one batch at a time"

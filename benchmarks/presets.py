@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from seqrec.losses import LossConfig, compute_loss
+from seqrec.data.batch import SequenceBatch
 from seqrec.models.registry import build_model, make_config
+from seqrec.tiled_ce import tiled_ce
 
 ROOT = Path(__file__).resolve().parent
 
@@ -47,8 +48,8 @@ def one_step(name: str, size: str, n_items: int, batch: int, length: int, optimi
     items = torch.randint(1, n_items + 1, (batch, length + 1))
     model.train()
     t1 = time.perf_counter()
-    hidden = model.encode(items[:, :-1])
-    loss = compute_loss(model, hidden.reshape(-1, hidden.shape[-1]), items[:, 1:].reshape(-1), LossConfig("ce"), None)
+    hidden = model(SequenceBatch(items[:, :-1]))
+    loss = tiled_ce(hidden.reshape(-1, hidden.shape[-1]), model.item_table(), items[:, 1:].reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -15,7 +15,7 @@ tile op on all threads, the for-loop AdamW), alternating the order batch by batc
 the ratios of the two: an A/B in one process.
 
 ``--ce-bf16-grads`` times the steps with the catalog softmax's two gradient matmuls on bf16 operands
-(``chunked_ce(bf16_grads=True)``) and every batch also with the fp32 softmax, alternating; the
+(``tiled_ce(bf16_grads=True)``) and every batch also with the fp32 softmax, alternating; the
 limit it is judged against counts those two matmuls at the bf16 peak (``epoch_limit_seconds_mixed``).
 
 ``--bf16`` times the steps under bfloat16 autocast (the encoder; the catalog softmax stays fp32);
@@ -43,11 +43,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import machine  # benchmarks/machine.py
 import seqrec
-from seqrec import fused_ce
-from seqrec.data.batch import TrainBatches
+from seqrec.data.batch import SequenceBatch, TrainBatches
 from seqrec.datasets import load_dataset
-from seqrec.losses import LossConfig, compute_loss
 from seqrec.models.registry import create
+from seqrec.tiled_ce import tiled_ce
 from seqrec.train.config import TrainConfig
 from seqrec.train.loop import make_optimizer, param_groups
 
@@ -90,8 +89,8 @@ PHASES = ("batch", "encoder_forward", "loss_with_grads", "encoder_backward", "cl
 
 class Variant:
     """One training-step schedule: ``current`` is what training uses now (with ``--ce-bf16-grads``, its
-    bf16 gradient matmuls); ``baseline`` the schedule before session 7 (every op on all threads, the
-    plain for-loop AdamW); ``fp32`` the current schedule with the fp32 softmax — kept to A/B in one process."""
+    bf16 gradient matmuls); ``baseline`` the plain schedule (every op on all threads, the
+    for-loop AdamW); ``fp32`` the current schedule with the fp32 softmax — kept to A/B in one process."""
 
     def __init__(self, name: str, model: torch.nn.Module, bf16_grads: bool = False) -> None:
         self.name, self.parallel_tiles, self.bf16_grads = name, name != "baseline", bf16_grads
@@ -104,12 +103,11 @@ class Variant:
 def one_step(model: torch.nn.Module, batch: Any, variant: Variant, autocast: Any,
              counter: FlopCounterMode | None) -> tuple[dict[str, float], int]:
     """Time one training step's phases; returns (seconds per phase, targets)."""
-    fused_ce.PARALLEL_TILES = variant.parallel_tiles
     t1 = time.perf_counter()
     if counter is not None:
         counter.__enter__()
     with autocast:
-        hidden = model.encode(batch.items)
+        hidden = model(SequenceBatch(batch.items))
     mask = batch.targets > 0
     h = hidden[mask]
     h_leaf = h.detach().requires_grad_()
@@ -117,7 +115,8 @@ def one_step(model: torch.nn.Module, batch: Any, variant: Variant, autocast: Any
     if counter is not None:
         counter.__exit__(None, None, None)
     with autocast:
-        loss = compute_loss(model, h_leaf, batch.targets[mask], LossConfig("ce", bf16_grads=variant.bf16_grads), None)
+        loss = tiled_ce(h_leaf, model.item_table(), batch.targets[mask], bf16_grads=variant.bf16_grads,
+                        parallel=variant.parallel_tiles)
     variant.opt.zero_grad(set_to_none=True)
     loss.backward()
     t3 = time.perf_counter()
@@ -173,7 +172,6 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
                 for name, dt in {"batch": fetch, **times}.items():
                     v.phases[name].append(dt)
                 v.targets += targets
-    fused_ce.PARALLEL_TILES = True
     n, d = split.n_items, 64
     ce_flops_per_target = 6 * n * d
     out: dict[str, Any] = {
@@ -201,7 +199,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
     p.add_argument("--baseline", action="store_true",
-                   help="also time every batch under the pre-session-7 schedule (all-thread ops, plain AdamW)")
+                   help="also time every batch under the plain schedule (all-thread ops, for-loop AdamW)")
     p.add_argument("--ce-bf16-grads", action="store_true",
                    help="the catalog softmax's gradient matmuls on bf16 operands; every batch is also timed "
                         "with the fp32 softmax (A/B), and the limit counts those matmuls at the bf16 peak")

@@ -99,7 +99,7 @@ def test_a_caller_interrupted_while_waiting_returns_only_when_no_job_runs(monkey
 
     real_wait, calls = threads.wait, [0]
 
-    def interrupted_wait(futures: list) -> object:  # type: ignore[type-arg]
+    def interrupted_wait(futures: list[object]) -> object:
         calls[0] += 1
         if calls[0] == 1:
             time.sleep(0.01)

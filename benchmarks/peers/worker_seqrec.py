@@ -18,22 +18,25 @@ def main() -> int:
     from seqrec.data.io import read_log
     from seqrec.data.preprocess import build_dataset
     from seqrec.datasets import KNOWN
+    from seqrec.losses import LossConfig
+    from seqrec.runconfig import resolve_model
+    from seqrec.settings import to_dict
 
     frame = read_log(args.data / "events.txt", KNOWN["amazon-beauty-bert4rec"].read)
     data = build_dataset(frame, name="peers", source=str(args.data / "events.txt"), header_rows=0)
     split = seqrec.leave_one_out(data)
-    cfg = seqrec.TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, max_len=50, loss="ce",
-                             patience=args.patience, seed=args.seed, max_seconds=args.train_seconds,
-                             device="cpu", bf16=args.bf16, ce_bf16_grads=args.ce_bf16_grads)
-    params = {"dim": 64, "n_layers": 2, "n_heads": 1}
-    rec = seqrec.Recommender("sasrec", cfg, **params)
+    # the protocol fixes the model's size and window (as for the peers); training keeps seqrec's defaults
+    model = resolve_model("sasrec", {"max_len": 50, "dim": 64, "n_layers": 2, "n_heads": 1})
+    cfg = seqrec.TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, max_seconds=args.train_seconds,
+                             device="cpu", bf16=args.bf16, loss=LossConfig(bf16_grads=args.ce_bf16_grads))
+    rec = seqrec.Recommender("sasrec", cfg, **model)
     tool = "seqrec" + ("-bf16" if args.bf16 else "") + ("-bf16grads" if args.ce_bf16_grads else "")
     progress.write("meta", tool=tool, version=getattr(seqrec, "__version__", "?"),
                    torch=torch.__version__, threads=torch.get_num_threads(), n_users=data.n_users,
                    n_items=data.n_items, n_events=data.n_events, n_test_users=len(split.test.users),
-                   settings={**params, "train_config": cfg.__dict__},
-                   defaults={"dropout": 0.2, "ff_dim": 64, "norm_first": True, "tie_embeddings": True,
-                             "grad_clip": 5.0, "weight_decay": 0.0},
+                   settings={**model, "train_config": to_dict(cfg)},
+                   defaults={**{k: model.get(k) for k in ("dropout", "norm_first", "tie_embeddings")},
+                             "grad_clip": cfg.grad_clip, "weight_decay": cfg.weight_decay},
                    unmatched=["feed-forward width 64 (= dim, as in the SASRec paper); RecBole's default is 256",
                               "sliding windows: every training event is a target once (RecBole: one "
                               "target per prefix sample; RecTools: last 50 of each sequence only)"])

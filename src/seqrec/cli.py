@@ -1,4 +1,10 @@
-"""The ``seqrec`` command line. The only module (with serve/settings.py) that reads argv or env."""
+"""The ``seqrec`` command line. The only module (with serve/settings.py) that reads argv or env.
+
+The settings flags of ``seqrec train`` are generated from the config dataclasses: ``--model``
+(:class:`RunConfig`), every model config's fields, :class:`TrainConfig` with its :class:`LossConfig`,
+and :class:`DataConfig` with its read and preprocess options. ``--config FILE`` reads the same
+settings from TOML; flags given on the command line override the file.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +12,64 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, cast
 
-from seqrec.data.io import FORMATS, ReadOptions, read_log
-from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
-from seqrec.data.split import make_split
-from seqrec.datasets import KNOWN, dataset_path, load_dataset
+from seqrec.data.config import DataConfig, load_data, split_data
+from seqrec.data.preprocess import Dataset
+from seqrec.datasets import KNOWN, dataset_path
+from seqrec.demo import DEMO_CONFIG
 from seqrec.errors import SeqrecError
-from seqrec.losses import LOSSES, SAMPLERS
 from seqrec.models.layers import SIZES
-from seqrec.models.registry import model_names
+from seqrec.models.registry import MODELS, model_names
 from seqrec.recommender import Recommender
 from seqrec.report import metrics_table, table
+from seqrec.runconfig import RunConfig, not_applicable, run_config_from_dict, setting_names, size_keys
 from seqrec.serve.cli import add_parser as add_serve_parser
-from seqrec.train.config import TrainConfig
+from seqrec.settings import (
+    Flag,
+    add_flag,
+    check_choice,
+    check_given,
+    check_value,
+    deep_merge,
+    default_of,
+    flag_help,
+    flags_of,
+    given,
+    load_toml,
+    nearest,
+    to_dict,
+    type_hints,
+    value_at,
+)
 
-DEFAULT_DATA_ROOT = os.environ.get("SEQREC_DATA_ROOT", "../shared/data")
-MAIN_METRICS = ("HR@10", "NDCG@10", "MRR@10", "Recall@10", "coverage@10")
+ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
+# flag spellings for fields whose class sets none
+RENAMES: dict[str, str] = {}
+GROUPS = {("model",): "model", ("train",): "training", ("train", "loss"): "loss",
+          ("data",): "data", ("data", "read"): "reading a --data file", ("data", "preprocess"): "cleaning the log"}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help lines wrapped at spaces only, so that a flag such as --no-original-norm stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line SeqrecErrors (``main`` prints them, exit status 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise SeqrecError(f"{message}; see `{self.prog} --help`")
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -37,122 +82,142 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--dataset", help=f"a bundled or known dataset: {', '.join(KNOWN)}")
-    src.add_argument("--data", type=Path,
-                     help="path to an interaction log (csv/tsv/parquet/.dat/.inter/user-per-line, .gz ok)")
-    g.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT),
-                   help="folder holding known datasets (default: $SEQREC_DATA_ROOT or ../shared/data)")
-    g.add_argument("--format", choices=FORMATS, default="auto", help="log format (default: from the file)")
-    g.add_argument("--sep", help="column separator (default: sniffed)")
-    g.add_argument("--no-header", action="store_true", help="the file has no header; name columns 0, 1, ...")
-    g.add_argument("--user-col", default="user_id")
-    g.add_argument("--item-col", default="item_id")
-    g.add_argument("--time-col", default="timestamp", help="time column; if absent, file order stands for time")
-    g.add_argument("--rating-col", default=None)
-    g.add_argument("--min-rating", type=float, help="keep events with rating >= this")
-    g.add_argument("--user-core", type=int, default=0, help="iterative k-core: min events per user")
-    g.add_argument("--item-core", type=int, default=0, help="iterative k-core: min events per item")
-    g.add_argument("--drop-repeats", action="store_true", help="drop consecutive repeats of the same item")
-    g.add_argument("--strict", action="store_true", help="stop at the first unparsable row instead of dropping it")
-    g.add_argument("--split", choices=("leave-one-out", "temporal"), default="leave-one-out")
-    g.add_argument("--valid-time", type=float, help="temporal split: validation cutoff (unix seconds)")
-    g.add_argument("--test-time", type=float, help="temporal split: test cutoff (unix seconds)")
+def data_root_default() -> str:
+    """Where known datasets live: $SEQREC_DATA_ROOT, else DataConfig's default."""
+    return os.environ.get(ENV_DATA_ROOT) or DataConfig().data_root
 
 
-def _add_train_args(p: argparse.ArgumentParser, epochs: int = 20) -> None:
-    g = p.add_argument_group("model and training")
-    g.add_argument("--model", choices=model_names(), default="gru4rec")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--grad-clip", type=float, default=5.0)
-    g.add_argument("--patience", type=int, default=5, help="early stopping on validation NDCG@10")
-    g.add_argument("--valid-users", type=int, help="validate on a fixed random subset of this many users")
-    g.add_argument("--train-rest-valid", action="store_true",
-                   help="with --valid-users: the other users' validation events become training targets")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-len", type=int, default=50)
-    g.add_argument("--size", choices=tuple(SIZES), help="size preset for sasrec/bert4rec/hstu (dim, layers, heads)")
-    g.add_argument("--dim", type=int, help="item embedding size")
-    g.add_argument("--hidden", type=int, help="recurrent hidden size")
-    g.add_argument("--n-layers", type=int)
-    g.add_argument("--n-heads", type=int)
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--ff-dim", type=int, help="attention models: feed-forward width (default: per model)")
-    g.add_argument("--l2-norm", action="store_true", default=None,
-                   help="hstu: score by cosine / temperature (L2-normalised state and item embeddings)")
-    g.add_argument("--temperature", type=float, help="hstu with --l2-norm (default 0.05)")
-    g.add_argument("--original-norm", action="store_true", default=None,
-                   help="sasrec: the original SASRec code's layer-norm placement (normalised queries only)")
-    g.add_argument("--positions", choices=("start", "end"),
-                   help="sasrec/bert4rec: learned positions counted from the first item (default) or "
-                   "back from the last")
-    g.add_argument("--loss", choices=LOSSES, default="ce")
-    g.add_argument("--negatives", type=int, default=1, help="negatives per target (bce/gbce) or per batch (sampled)")
-    g.add_argument("--sampler", choices=SAMPLERS, default="uniform")
-    g.add_argument("--per-target-negatives", action="store_true",
-                   help="sampled softmax: draw --negatives for every target instead of once per batch "
-                   "(uniform/popularity samplers)")
-    g.add_argument("--logq", action=argparse.BooleanOptionalAction, default=True,
-                   help="logQ correction for sampled softmax")
-    g.add_argument("--gbce-t", type=float, default=0.75, help="gBCE calibration t")
-    g.add_argument("--objective", choices=("next", "cloze"), help="default: the model's own")
-    g.add_argument("--mask-prob", type=float, default=0.2, help="cloze objective masking probability")
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the encoder (CPU or CUDA)")
-    g.add_argument("--ce-bf16-grads", action="store_true",
-                   help="full CE: the catalog softmax's two gradient matmuls on bf16 operands (AMX / tensor cores; "
-                        "logits, exp and sums stay fp32; gradients differ by ~0.1-0.4%%)")
-    g.add_argument("--no-sliding", action="store_true", help="one training window per user (most recent)")
-    g.add_argument("--no-bucket", action="store_true", help="random batches, not grouped by length "
-                   "(slower; bucketed batches weigh every target alike, as random ones do)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+# ---- settings flags, generated from the config dataclasses --------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFlag:
+    """A model setting's flag: one for every model that takes the setting."""
+
+    flag: Flag  # path ("model", setting); help and type from the first model declaring it
+    defaults: dict[str, Any]  # model name -> its default, for the models that take it
+
+    def help(self) -> str:
+        models = "all" if len(self.defaults) == len(MODELS) else ", ".join(self.defaults)
+        values = list(self.defaults.values())
+        common = max(values, key=values.count)
+        others = {self.flag.show(v): [m for m, w in self.defaults.items() if w == v] for v in values if v != common}
+        default = self.flag.show(common) + "".join(f"; {v} for {', '.join(ms)}" for v, ms in others.items())
+        return f"{self.flag.help} (models: {models}; default: {default})"
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The settings flags of a training command."""
+
+    model: Flag  # --model, written to [model] name
+    models: list[ModelFlag]
+    config: list[Flag]  # [train] and [data] settings
+
+    def all(self) -> list[Flag]:
+        return [self.model, *(m.flag for m in self.models), *self.config]
+
+
+def model_flags() -> list[ModelFlag]:
+    """One flag per setting of any registered model (n_items, set from the data, has none)."""
+    found: dict[str, ModelFlag] = {}
+    for name, (cls, _) in MODELS.items():
+        for flag in flags_of(cls, ("model",), exclude=("model.n_items",)):
+            found.setdefault(flag.dest, ModelFlag(flag, {})).defaults[name] = default_of(flag.field)
+    return list(found.values())
+
+
+def run_flags(with_data: bool = True, exclude: Iterable[str] = ()) -> RunFlags:
+    """The flags for RunConfig's settings; ``exclude`` drops dotted paths such as ``train.max_seconds``."""
+    model = next(f for f in flags_of(RunConfig) if f.path == ("model",))
+    config = flags_of(RunConfig, exclude=("model", *exclude, *(() if with_data else ("data",))), renames=RENAMES)
+    flags = RunFlags(Flag(("model", "name"), model.field, model.hint, model.names), model_flags(), config)
+    names = [n for f in flags.all() for n in f.names]
+    if len(names) != len(set(names)):
+        raise AssertionError(f"two settings share a flag: {sorted(n for n in names if names.count(n) > 1)}")
+    return flags
+
+
+def add_run_flags(parser: argparse.ArgumentParser, base: RunConfig, with_data: bool = True,
+                  exclude: Iterable[str] = ()) -> RunFlags:
+    """Add the settings flags to ``parser``; help texts show ``base``'s values as the defaults."""
+    flags = run_flags(with_data, exclude)
+    groups: dict[tuple[str, ...], Any] = {}
+
+    def group(path: tuple[str, ...]) -> Any:
+        if path not in groups:
+            groups[path] = parser.add_argument_group(GROUPS.get(path, ".".join(path)))
+        return groups[path]
+
+    add_flag(group(("model",)), flags.model, flag_help(flags.model, base.model))
+    group(("model",)).add_argument(
+        "--size", dest="model.size", default=argparse.SUPPRESS, metavar="{" + ",".join(SIZES) + "}",
+        help="size preset (dim, n_layers, n_heads, ff_dim) of the attention models; explicit settings override it")
+    for model_flag in flags.models:
+        add_flag(group(("model",)), model_flag.flag, model_flag.help())
+    for flag in flags.config:
+        add_flag(group(flag.path[:-1]), flag, flag_help(flag, value_at(base, flag.path)))
+    return flags
+
+
+def run_config_from_args(args: argparse.Namespace, flags: RunFlags, base: RunConfig,
+                         config: Path | None = None) -> RunConfig:
+    """``base``, then the ``config`` file, then the flags given on the command line."""
+    lower: dict[str, Any] = {"model": {"name": base.model}, "train": to_dict(base.train), "data": to_dict(base.data)}
+    where = ""
+    if config is not None:
+        file = load_toml(config)
+        run_config_from_dict(file, str(config))  # the file alone must be valid: its errors name it
+        lower = deep_merge(lower, file)
+        where = f"{config} with the command line"
+    check_given(args, [flags.model, *flags.config])
+    cli = given(args, [flags.model, *flags.config])
+    model = cli.get("model", {}).get("name", lower["model"].get("name", base.model))
+    cli.setdefault("model", {}).update(_given_model(args, flags, model))
+    return run_config_from_dict(deep_merge(_overridden(lower, cli, model), cli), where)
+
+
+def _given_model(args: argparse.Namespace, flags: RunFlags, model: str) -> dict[str, Any]:
+    """The model settings given as flags, each checked against ``model``'s config."""
+    out: dict[str, Any] = {}
+    if hasattr(args, "model.size"):
+        out["size"] = getattr(args, "model.size")
+        check_choice("--size", out["size"], SIZES)
+    cls = MODELS[model][0]
+    own = {f.name: f for f in fields(cls)}
+    for model_flag in flags.models:
+        flag = model_flag.flag
+        if hasattr(args, flag.dest):
+            key, value = flag.path[-1], getattr(args, flag.dest)
+            if key not in setting_names(model):
+                raise SeqrecError(not_applicable(model, key, flag.name))
+            check_value(own[key], type_hints(cls).get(key, Any), value, flag.name)
+            out[key] = value
+    return out
+
+
+def _overridden(lower: dict[str, Any], cli: dict[str, Any], model: str) -> dict[str, Any]:
+    """``lower`` without what a flag replaces as a whole: the data source (--dataset or --data), and
+    the settings a size preset sets (--size)."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in lower.items()}
+    if {"dataset", "data"} & set(cli.get("data", {})):
+        for key in ("dataset", "data"):
+            out["data"].pop(key, None)
+    if "size" in cli["model"]:
+        for key in size_keys(model):
+            out["model"].pop(key, None)
+    return out
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="a TOML file of settings: tables [model] (name = ...), [train] "
+                   "and [data], keys as the flags below with _ for -; flags given here override it")
+    add_run_flags(p, RunConfig(data=DataConfig(data_root=data_root_default())))
+    g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="artifact directory to write")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs for the test metrics, e.g. 5,10,20")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def read_dataset(args: argparse.Namespace) -> Dataset:
-    opts = PreprocessOptions(min_rating=args.min_rating, drop_consecutive_repeats=args.drop_repeats,
-                             user_core=args.user_core, item_core=args.item_core, strict=args.strict)
-    if args.data is not None:
-        read = ReadOptions(args.format, args.sep, not args.no_header, args.user_col, args.item_col,
-                           args.time_col, args.rating_col)
-        frame = read_log(args.data, read)
-        return build_dataset(frame, opts, name=args.data.name, source=str(args.data),
-                             header_rows=int(read.header))
-    return load_dataset(args.dataset or "movielens-latest-small", args.data_root, opts)
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    if args.epochs < 0 or args.batch_size < 1 or args.max_len < 1 or args.lr <= 0:
-        raise SeqrecError("--epochs must be >= 0, --batch-size and --max-len >= 1, --lr > 0")
-    if args.valid_users is not None and args.valid_users < 1:
-        raise SeqrecError("--valid-users must be >= 1")
-    if args.train_rest_valid and args.valid_users is None:
-        raise SeqrecError("--train-rest-valid needs --valid-users N (the users whose validation events stay held out)")
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, grad_clip=args.grad_clip or None,
-                       patience=args.patience, seed=args.seed, max_len=args.max_len, loss=args.loss,
-                       n_negatives=args.negatives, sampler=args.sampler, logq=args.logq, gbce_t=args.gbce_t,
-                       shared_negatives=not args.per_target_negatives,
-                       objective=args.objective, mask_prob=args.mask_prob, warmup_steps=args.warmup_steps,
-                       schedule=args.schedule, bf16=args.bf16, ce_bf16_grads=args.ce_bf16_grads,
-                       sliding=not args.no_sliding, bucket=not args.no_bucket,
-                       device=args.device, valid_users=args.valid_users,
-                       train_rest_valid=args.train_rest_valid)
-
-
-def model_params(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("size", "dim", "hidden", "n_layers", "n_heads", "dropout", "ff_dim", "l2_norm", "temperature",
-             "positions", "original_norm")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def print_dataset(data: Dataset) -> None:
@@ -173,26 +238,32 @@ def _epoch_printer(quiet: bool) -> Any:
     return show
 
 
+def train_run_config(args: argparse.Namespace) -> RunConfig:
+    """The run that `seqrec train` ARGS asks for: defaults, then --config, then the flags given."""
+    base = RunConfig(data=DataConfig(data_root=data_root_default()))
+    return run_config_from_args(args, run_flags(), base, args.config)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    run = train_run_config(args)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise SeqrecError(f"{args.out}: exists and is not a directory; choose another --out")
-    data = read_dataset(args)
+    data = load_data(run.data)
     print_dataset(data)
-    split = make_split(data, args.split, args.valid_time, args.test_time)
-    cfg = train_config(args)
+    split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}
-    if args.model != "popular":
-        base = Recommender("popular", cfg)
-        base.fit(data, split, progress=False)
-        results["popular"] = base.evaluate(ks=args.k)
-    rec = Recommender(args.model, cfg, **model_params(args))
-    print(f"training {args.model} ...", flush=True)
+    if run.model != "popular":
+        baseline = Recommender("popular", run.train, max_len=run.model_config["max_len"])
+        baseline.fit(data, split, progress=False)
+        results["popular"] = baseline.evaluate(ks=args.k)
+    rec = Recommender(run.model, run.train, **run.model_config)
+    rec.data_config = to_dict(run.data)
+    print(f"training {run.model} ...", flush=True)
     rec.fit(data, split, out_dir=args.out, resume=args.resume, progress=not args.quiet,
             on_epoch=_epoch_printer(args.quiet))
-    print(f"{args.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
-    results[args.model] = rec.evaluate(ks=args.k)
-    rec.info["test_metrics"] = results[args.model]
-    rec.info.update(valid_time=args.valid_time, test_time=args.test_time)
+    print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
+    results[run.model] = rec.evaluate(ks=args.k)
+    rec.info["test_metrics"] = results[run.model]
     rec.info["baseline_test_metrics"] = results.get("popular")
     names = [f"{m}@{k}" for k in args.k for m in ("HR", "NDCG", "MRR")]
     print(f"\ntest metrics (full ranking over {data.n_items:,} items, seen items excluded):")
@@ -255,17 +326,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqrec", description="Sequential recommendation: train, evaluate "
+    parser = Parser(prog="seqrec", description="Sequential recommendation: train, evaluate "
                                      "by full ranking, recommend and serve next-item models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="train on the bundled MovieLens data and show recommendations")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where to save the demo artifact")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=DEMO_CONFIG.epochs)
     p.add_argument("--model", choices=model_names(), default="gru4rec")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("train", help="train a model and write an artifact")
-    _add_data_args(p)
+    p = sub.add_parser("train", help="train a model and write an artifact", allow_abbrev=False,
+                       description="Train a model on a log and write an artifact. Settings come from the "
+                       "defaults shown, then --config FILE, then the flags given.")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate an artifact by full ranking (or, on request, sampled)")
@@ -287,20 +359,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true")
     p.set_defaults(func=cmd_recommend)
     p = sub.add_parser("datasets", help="list bundled and known datasets")
-    p.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
+    p.add_argument("--data-root", type=Path, default=Path(data_root_default()),
+                   help=f"folder holding the known datasets (default: ${ENV_DATA_ROOT} or {DataConfig().data_root})")
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("plot", help="draw a run's learning curves (loss, validation metrics) to a PNG")
     p.add_argument("run", type=Path, help="an artifact directory written by `seqrec train --out`")
     p.add_argument("--output", type=Path, help="PNG path (default: RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
-    add_serve_parser(sub)
+    add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is a one-line error naming the nearest known one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = getattr(args, "command", None)
+        options = _option_strings(parser, command)
+        word = extra[0]
+        see = f"see `seqrec {command} --help`" if command else "see `seqrec --help`"
+        if word.startswith("-"):
+            raise SeqrecError(f"unknown option {word}{nearest(word.split('=')[0], options)}; {see}")
+        raise SeqrecError(f"unexpected argument {word!r}; {see}")
+    return args
+
+
+def _option_strings(parser: argparse.ArgumentParser, command: str | None) -> list[str]:
+    """The options of ``command``'s subparser (argparse keeps them in private attributes)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return list(action.choices[command]._option_string_actions)
+    return list(parser._option_string_actions)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parse(build_parser(), argv)
         return int(args.func(args))
     except SeqrecError as exc:
         print(f"seqrec: error: {exc}", file=sys.stderr)

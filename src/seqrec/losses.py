@@ -1,13 +1,15 @@
 """Training losses over catalog scores, independent of the model.
 
-Every loss takes hidden states at target positions and the model's output embeddings:
-full softmax cross-entropy, sampled softmax (uniform / popularity / in-batch negatives,
-optional logQ correction), binary cross-entropy with sampled negatives, and gBCE.
+Every loss takes query states at target positions, the model's item table and the targets, and
+scores through :mod:`seqrec.scoring`: full softmax cross-entropy (tiled), sampled softmax (uniform /
+popularity / in-batch negatives, optional logQ correction), binary cross-entropy with sampled
+negatives, and gBCE. A new loss is one function passed to :func:`register_loss`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,30 +17,39 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.errors import SeqrecError
-from seqrec.fused_ce import chunked_ce
-from seqrec.models.base import SequenceEncoder
+from seqrec.items.tower import ItemTable
+from seqrec.scoring import candidate_scores, catalog_scores, target_scores
+from seqrec.settings import check_choice, check_fields, setting
+from seqrec.tiled_ce import tiled_ce
 
-LOSSES = ("ce", "sampled", "bce", "gbce")
 SAMPLERS = ("uniform", "popularity", "in-batch")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "ce"
-    n_negatives: int = 1  # per target for bce/gbce; for sampled softmax per batch, or per target if not shared
-    sampler: str = "uniform"
-    logq: bool = True  # subtract log of the sampling probability (sampled softmax)
-    gbce_t: float = 0.75  # gBCE calibration parameter t
-    shared_negatives: bool = True  # sampled softmax: one draw for the whole batch (False: a draw per target)
-    bf16_grads: bool = False  # full CE: the catalog softmax's gradient matmuls on bf16 operands (see chunked_ce)
+    name: str = setting("ce", "training loss: ce (full softmax), sampled (sampled softmax), bce, gbce, "
+                        "or a registered one", flag="loss")
+    n_negatives: int = setting(1, "negatives per target (bce, gbce) or per batch (sampled softmax)", low=1,
+                               flag="negatives")
+    sampler: str = setting("uniform", "negative sampler", choices=SAMPLERS)
+    logq: bool = setting(True, "sampled softmax: subtract the log of each item's sampling probability")
+    gbce_t: float = setting(0.75, "gBCE calibration parameter t", low=0.0)
+    shared_negatives: bool = setting(True, "sampled softmax: one draw of negatives for the whole batch "
+                                     "(off: a draw per target)", flag="shared-negatives/per-target-negatives")
+    bf16_grads: bool = setting(False, "full CE: the catalog softmax's two gradient matmuls on bf16 operands "
+                               "(AMX / tensor cores); logits, exp and sums stay fp32, gradients differ by ~0.1%",
+                               flag="ce-bf16-grads")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_choice("loss", self.name, LOSSES)
 
 
 class NegativeSampler:
     """Draws negative item ids (>= 1) uniformly or by training popularity."""
 
     def __init__(self, n_items: int, kind: str, counts: np.ndarray | None = None) -> None:
-        if kind not in SAMPLERS:
-            raise SeqrecError(f"unknown negative sampler {kind!r}; choose one of: {', '.join(SAMPLERS)}")
+        check_choice("sampler", kind, SAMPLERS)
         self.n_items = n_items
         self.kind = kind
         probs = np.ones(n_items + 1) if counts is None or kind == "uniform" else counts[: n_items + 1] + 1e-3
@@ -57,19 +68,32 @@ class NegativeSampler:
         return out.view(shape)
 
 
-def _bias(model: SequenceEncoder, ids: torch.Tensor) -> torch.Tensor | float:
-    b = model.item_bias()
-    return 0.0 if b is None else b[ids]
+@dataclass(frozen=True)
+class LossInputs:
+    query: torch.Tensor  # (M, D) query states at target positions
+    table: ItemTable  # (N + 1, D) catalog [and bias]
+    targets: torch.Tensor  # (M,) item ids in 1..N
+    config: LossConfig
+    sampler: NegativeSampler
+    generator: torch.Generator | None = None
 
 
-def full_ce(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy over the whole catalog. hidden (M, D), targets (M,)."""
-    logits = model.score(hidden)  # (M, N + 1), padding at -inf
-    return F.cross_entropy(logits.float(), targets)
+LossFn = Callable[[LossInputs], torch.Tensor]
+LOSSES: dict[str, LossFn] = {}
 
 
-def sampled_softmax(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor,
-                    negatives: torch.Tensor, log_q: torch.Tensor | None) -> torch.Tensor:
+def register_loss(name: str, fn: LossFn) -> None:
+    """Make ``fn`` trainable as ``LossConfig(name=name)`` (``--loss name``)."""
+    LOSSES[name] = fn
+
+
+def full_ce(query: torch.Tensor, table: ItemTable, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over the whole catalog, the plain reference of :func:`tiled_ce`."""
+    return F.cross_entropy(catalog_scores(query, table).float(), targets)
+
+
+def sampled_softmax(query: torch.Tensor, table: ItemTable, targets: torch.Tensor, negatives: torch.Tensor,
+                    log_q: torch.Tensor | None) -> torch.Tensor:
     """Softmax over the target and its negatives; accidental hits masked.
 
     ``negatives`` is (K,), shared by the batch (one (M x K) matrix product), or (M, K), a draw per
@@ -77,14 +101,9 @@ def sampled_softmax(model: SequenceEncoder, hidden: torch.Tensor, targets: torch
     each id) the logits of sampled items are corrected by ``- log(K q)``, so the estimate of the
     full softmax gradient is unbiased.
     """
-    emb = model.item_embeddings()
-    pos = (hidden * emb[targets]).sum(-1) + _bias(model, targets)  # (M,)
-    if negatives.dim() == 1:
-        neg = hidden @ emb[negatives].T + _bias(model, negatives)  # (M, K)
-        hit = negatives[None, :] == targets[:, None]
-    else:
-        neg = torch.einsum("md,mkd->mk", hidden, emb[negatives]) + _bias(model, negatives)  # (M, K)
-        hit = negatives == targets[:, None]
+    pos = target_scores(query, table, targets)  # (M,)
+    neg = candidate_scores(query, table, negatives)  # (M, K)
+    hit = (negatives[None, :] if negatives.dim() == 1 else negatives) == targets[:, None]
     if log_q is not None:
         k = negatives.shape[-1]
         neg = neg - (log_q[negatives] + math.log(k))
@@ -94,12 +113,11 @@ def sampled_softmax(model: SequenceEncoder, hidden: torch.Tensor, targets: torch
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
-def bce(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+def bce(query: torch.Tensor, table: ItemTable, targets: torch.Tensor, negatives: torch.Tensor,
         beta: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy with per-target negatives (M, K); ``beta`` != 1 gives gBCE."""
-    emb = model.item_embeddings()
-    pos = (hidden * emb[targets]).sum(-1) + _bias(model, targets)  # (M,)
-    neg = (hidden[:, None, :] * emb[negatives]).sum(-1) + _bias(model, negatives)  # (M, K)
+    pos = target_scores(query, table, targets)  # (M,)
+    neg = candidate_scores(query, table, negatives)  # (M, K)
     valid = (negatives != targets[:, None]).float()
     pos_loss = -beta * F.logsigmoid(pos.float())
     neg_loss = -(F.logsigmoid(-neg.float()) * valid).sum(1)
@@ -112,26 +130,44 @@ def gbce_beta(n_items: int, n_negatives: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-def compute_loss(model: SequenceEncoder, hidden: torch.Tensor, targets: torch.Tensor, cfg: LossConfig,
-                 sampler: NegativeSampler | None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dispatch on ``cfg.name``. hidden (M, D) at target positions, targets (M,)."""
-    if cfg.name == "ce":
-        return chunked_ce(hidden, model.item_embeddings(), model.item_bias(), targets, bf16_grads=cfg.bf16_grads)
-    if sampler is None:
-        raise SeqrecError(f"loss {cfg.name!r} needs a negative sampler")
-    n_items = sampler.n_items
-    if cfg.name == "sampled":
-        if cfg.sampler == "in-batch":
-            negatives = torch.unique(targets)
-            log_q = sampler.log_probs.to(hidden.device) if cfg.logq else None
-        else:
-            shape = (cfg.n_negatives,) if cfg.shared_negatives else (targets.shape[0], cfg.n_negatives)
-            negatives = sampler.sample(shape, generator).to(hidden.device)
-            log_q = sampler.log_probs.to(hidden.device) if cfg.logq else None
-        return sampled_softmax(model, hidden, targets, negatives, log_q)
-    negatives = sampler.sample((targets.shape[0], cfg.n_negatives), generator).to(hidden.device)
-    if cfg.name == "bce":
-        return bce(model, hidden, targets, negatives)
-    if cfg.name == "gbce":
-        return bce(model, hidden, targets, negatives, gbce_beta(n_items, cfg.n_negatives, cfg.gbce_t))
-    raise SeqrecError(f"unknown loss {cfg.name!r}; choose one of: {', '.join(LOSSES)}")
+def _ce(x: LossInputs) -> torch.Tensor:
+    return tiled_ce(x.query, x.table, x.targets, bf16_grads=x.config.bf16_grads)
+
+
+def _sampled(x: LossInputs) -> torch.Tensor:
+    cfg, device = x.config, x.query.device
+    if cfg.sampler == "in-batch":
+        negatives = torch.unique(x.targets)
+    else:
+        shape = (cfg.n_negatives,) if cfg.shared_negatives else (x.targets.shape[0], cfg.n_negatives)
+        negatives = x.sampler.sample(shape, x.generator).to(device)
+    log_q = x.sampler.log_probs.to(device) if cfg.logq else None
+    return sampled_softmax(x.query, x.table, x.targets, negatives, log_q)
+
+
+def _per_target_negatives(x: LossInputs) -> torch.Tensor:
+    shape = (x.targets.shape[0], x.config.n_negatives)
+    return x.sampler.sample(shape, x.generator).to(x.query.device)
+
+
+def _bce(x: LossInputs) -> torch.Tensor:
+    return bce(x.query, x.table, x.targets, _per_target_negatives(x))
+
+
+def _gbce(x: LossInputs) -> torch.Tensor:
+    beta = gbce_beta(x.sampler.n_items, x.config.n_negatives, x.config.gbce_t)
+    return bce(x.query, x.table, x.targets, _per_target_negatives(x), beta)
+
+
+register_loss("ce", _ce)
+register_loss("sampled", _sampled)
+register_loss("bce", _bce)
+register_loss("gbce", _gbce)
+
+
+def compute_loss(inputs: LossInputs) -> torch.Tensor:
+    """The loss named by ``inputs.config.name``."""
+    fn = LOSSES.get(inputs.config.name)
+    if fn is None:
+        raise SeqrecError(f"unknown loss {inputs.config.name!r}; choose one of: {', '.join(LOSSES)}")
+    return fn(inputs)

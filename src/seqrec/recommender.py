@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,25 +15,32 @@ from seqrec.artifact import Artifact, load_artifact, save_artifact
 from seqrec.data.preprocess import Dataset
 from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet, Split, make_split
-from seqrec.errors import SeqrecError
+from seqrec.errors import ArtifactError, SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate, score_histories
-from seqrec.models.base import SequenceEncoder
-from seqrec.models.registry import create
+from seqrec.models.base import SequenceModel
+from seqrec.models.registry import build_model, make_config
+from seqrec.settings import from_dict, to_dict
 from seqrec.train.config import TrainConfig
-from seqrec.train.loop import FitResult, fit, resolve_device
+from seqrec.train.loop import FitResult, fit
 
 
 class Recommender:
-    """A sequence model plus the data it knows: fit, evaluate, recommend, save, load."""
+    """A sequence model plus the data it knows: fit, evaluate, recommend, save, load.
+
+    ``model_params`` are the model's settings (``max_len``, ``dim``, ...; see ``seqrec train --help``);
+    an unknown one is an error naming the nearest valid one.
+    """
 
     def __init__(self, model: str = "gru4rec", config: TrainConfig | None = None, **model_params: Any) -> None:
         self.model_name = model
         self.config = config or TrainConfig()
         self.model_params = model_params
-        self.model: SequenceEncoder | None = None
+        make_config(model, n_items=1, **model_params)  # fail now, not after reading the data
+        self.model: SequenceModel | None = None
         self.dataset: Dataset | None = None
         self.split: Split | None = None
         self.info: dict[str, Any] = {}
+        self.data_config: dict[str, Any] | None = None  # how the data was read (the CLI sets it; saved)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, dataset: Dataset, split: Split | None = None, out_dir: str | Path | None = None,
@@ -43,17 +49,17 @@ class Recommender:
         self.dataset = dataset
         self.split = split or make_split(dataset)
         torch.manual_seed(self.config.seed)
-        self.model = create(self.model_name, n_items=dataset.n_items, max_len=self.config.max_len,
-                            **self.model_params)
+        self.model = build_model(self.model_name, make_config(self.model_name, n_items=dataset.n_items,
+                                                              **self.model_params))
         t0 = time.perf_counter()
         result = fit(self.model, self.split, self.config, Path(out_dir) if out_dir else None, resume,
                      progress, on_epoch)
-        self.info.update(split=self.split.kind, history=result.history, best_epoch=result.best_epoch,
-                         best_valid=result.best_metric, train_seconds=time.perf_counter() - t0,
-                         n_parameters=self.model.n_parameters())
+        self.info.update(split=self.split.kind, valid_time=self.split.valid_time, test_time=self.split.test_time,
+                         history=result.history, best_epoch=result.best_epoch, best_valid=result.best_metric,
+                         train_seconds=time.perf_counter() - t0, n_parameters=self.model.n_parameters())
         return result
 
-    def _ready(self) -> tuple[SequenceEncoder, Dataset]:
+    def _ready(self) -> tuple[SequenceModel, Dataset]:
         if self.model is None or self.dataset is None:
             raise SeqrecError("the recommender is not trained yet; call fit() or Recommender.load()")
         return self.model, self.dataset
@@ -66,7 +72,7 @@ class Recommender:
         split = self.split
         counts = np.bincount(split.train.items, minlength=dataset.n_items + 1) if split else None
         cfg = EvalConfig(tuple(ks), exclude_seen, self.config.eval_batch_size, sampled, n_negatives)
-        return evaluate(model, eval_set, self.max_len, cfg, resolve_device(self.config.device), counts)
+        return evaluate(model, eval_set, cfg, counts)
 
     def _eval_set(self, on: str) -> EvalSet:
         _, dataset = self._ready()
@@ -79,7 +85,10 @@ class Recommender:
 
     @property
     def max_len(self) -> int:
-        return self.config.max_len
+        """The model's input window: its config is the one source of it."""
+        if self.model is not None:
+            return int(self.model.config.max_len)
+        return int(make_config(self.model_name, n_items=1, **self.model_params).max_len)
 
     # ---- recommendation -------------------------------------------------------------------
     def recommend(self, users: Sequence[Any], k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
@@ -108,11 +117,11 @@ class Recommender:
         model, dataset = self._ready()
         if k < 1 or k > dataset.n_items:
             raise SeqrecError(f"k={k} must be between 1 and the catalog size {dataset.n_items}")
-        scores = score_histories(model, seqs, rows, self.max_len, exclude_seen, torch.device("cpu"))
+        scores = score_histories(model, seqs, rows, exclude_seen)  # on the model's device
         if banned is not None and len(banned):
-            scores[:, torch.from_numpy(banned)] = float("-inf")
+            scores[:, torch.from_numpy(banned).to(scores.device)] = float("-inf")
         top = torch.topk(scores, k, dim=1)
-        idx, val = top.indices.numpy(), top.values.numpy()
+        idx, val = top.indices.cpu().numpy(), top.values.cpu().numpy()
         flat = idx.ravel()
         frame = pd.DataFrame({
             "row": np.repeat(np.arange(len(rows)), k),
@@ -127,14 +136,22 @@ class Recommender:
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         model, dataset = self._ready()
-        art = Artifact(self.model_name, model, dataset, self.max_len, dataclasses.asdict(self.config), self.info)
+        art = Artifact(self.model_name, model, dataset, to_dict(self.config), self.info, self.data_config)
         return save_artifact(path, art)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
+    def load(cls, path: str | Path, device: str = "cpu") -> Recommender:
         art = load_artifact(path)
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in art.train_config.items() if k in fields})
-        rec = cls(art.model_name, dataclasses.replace(cfg, max_len=art.max_len))
+        try:
+            config = from_dict(TrainConfig, art.train_config, "config.toml [train]")
+        except SeqrecError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+        rec = cls(art.model_name, config)
+        rec.data_config = art.data_config
         rec.model, rec.dataset, rec.info = art.model, art.dataset, art.info
+        rec.model_params = {k: v for k, v in vars(art.model.config).items() if k != "n_items"}
+        if device != "cpu":
+            from seqrec.devices import resolve_device
+
+            rec.model.to(resolve_device(device))
         return rec

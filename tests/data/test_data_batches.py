@@ -32,10 +32,11 @@ def epoch(seqs: Sequences, max_len: int, sliding: bool, batch_size: int = 3) -> 
 def test_sliding_windows_make_every_event_but_the_first_a_target_exactly_once(max_len: int) -> None:
     seqs = unique_sequences(LENGTHS)
     counts: Counter[int] = Counter()
-    for items, targets, lengths, _ in epoch(seqs, max_len, sliding=True):
+    for items, targets, times in epoch(seqs, max_len, sliding=True):
+        assert targets is not None
         assert items.shape[1] == max_len and targets.shape == items.shape
+        assert times is None  # the log has no times
         real = items > 0
-        assert torch.equal(lengths, real.sum(1))
         assert torch.equal(real, real.cummax(1).values)  # left-padded: zeros only before real items
         # each target is the event right after its input (items are consecutive numbers)
         assert torch.equal(targets[real], items[real] + 1) and not targets[~real].any()
@@ -47,11 +48,27 @@ def test_sliding_windows_make_every_event_but_the_first_a_target_exactly_once(ma
 def test_without_sliding_each_user_gives_one_window_of_their_latest_events() -> None:
     seqs = unique_sequences(LENGTHS)
     max_len = 5
-    windows = sorted(tuple(row.tolist()) for items, targets, _, _ in epoch(seqs, max_len, sliding=False)
+    windows = sorted(tuple(row.tolist()) for items, targets, _ in epoch(seqs, max_len, sliding=False)
                      for row in torch.cat([items, targets[:, -1:]], 1))
     want = sorted(tuple(np.pad(seqs.get(u)[-(max_len + 1):], (max_len + 1 - min(n, max_len + 1), 0)).tolist())
                   for u, n in enumerate(LENGTHS) if n >= 2)
     assert windows == want
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_batches_carry_the_times_of_their_input_events(bucket: bool) -> None:
+    plain = unique_sequences(LENGTHS)
+    seqs = Sequences(plain.offsets, plain.items, plain.items * 10.0 + 0.5)  # an event's time names it
+    batches = TrainBatches(seqs, 4, batch_size=3, bucket=bucket)
+    n_targets = 0
+    for batch in batches.epoch(torch.Generator().manual_seed(0)):
+        assert batch.targets is not None and batch.times is not None
+        assert batch.times.dtype == torch.float64 and batch.times.shape == batch.items.shape
+        real = batch.items > 0
+        assert torch.equal(batch.times[real], batch.items[real] * 10.0 + 0.5)
+        assert not batch.times[~real].any()
+        n_targets += int((batch.targets > 0).sum())
+    assert n_targets == sum(n - 1 for n in LENGTHS if n >= 2)
 
 
 def test_window_helpers_by_hand() -> None:

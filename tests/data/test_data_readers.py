@@ -61,11 +61,13 @@ def test_no_header_with_positional_columns(tmp_path: Path) -> None:
     assert as_lists(frame) == [USERS, ITEMS, TIMES]
 
 
-def test_space_separated_pairs_without_header(tmp_path: Path) -> None:
+@pytest.mark.parametrize("no_time", [None, ""])  # two spellings of "no time column"
+def test_space_separated_pairs_without_header(tmp_path: Path, no_time: str | None) -> None:
     # the BERT4Rec Amazon layout: `user item` per line, order only
     path = write(tmp_path / "beauty.txt", "1 10\n1 11\n2 10\n")
-    frame = read_log(path, ReadOptions(format="csv", sep=" ", header=False, user_col="0", item_col="1",
-                                       time_col=None))
+    opts = ReadOptions(format="csv", sep=" ", header=False, user_col="0", item_col="1", time_col=no_time)
+    assert opts.time_col == ""
+    frame = read_log(path, opts)
     assert list(frame.columns) == ["user", "item"]
     assert as_lists(frame, ("user", "item")) == [USERS, ITEMS]
 

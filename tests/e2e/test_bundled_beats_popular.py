@@ -20,8 +20,8 @@ def movielens() -> tuple[seqrec.Dataset, seqrec.Split, float]:
 @pytest.mark.parametrize("model", ["gru4rec", "lstm"])
 def test_recurrent_models_beat_popular_on_bundled_movielens(model: str, movielens) -> None:  # type: ignore[no-untyped-def]
     data, split, popular_ndcg = movielens
-    cfg = seqrec.TrainConfig(epochs=5, batch_size=128, lr=1e-2, max_len=50, patience=5, seed=0, device="cpu")
-    rec = seqrec.Recommender(model, cfg)
+    cfg = seqrec.TrainConfig(epochs=5, batch_size=128, lr=1e-2, patience=5, seed=0, device="cpu")
+    rec = seqrec.Recommender(model, cfg, max_len=50)
     rec.fit(data, split, progress=False)
     ours = rec.evaluate(ks=(10,))["NDCG@10"]
     assert ours > popular_ndcg, f"{model} NDCG@10 {ours:.4f} <= popular {popular_ndcg:.4f}"

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from seqrec.cli import build_parser, main
+from seqrec.recommender import Recommender
 
-ARTIFACT_FILES = ("config.json", "model.safetensors", "items.json", "users.json", "sequences.safetensors")
+# the popular baseline and a tiny SASRec, given only the settings these models take
+POPULAR_ARGS = ("--model", "popular", "--max-len", "10", "--quiet")
+SASREC_ARGS = ("--model", "sasrec", "--epochs", "1", "--dim", "8", "--max-len", "10", "--quiet")
+ARTIFACT_FILES = ("config.toml", "model.safetensors", "items.json", "users.json", "sequences.safetensors",
+                  "manifest.json")
 
 
 def subcommands() -> list[str]:
@@ -65,8 +71,9 @@ def test_datasets_lists_the_bundled_movielens(capsys: pytest.CaptureFixture[str]
 
 def test_train_writes_a_complete_artifact(trained_artifact: Path) -> None:
     assert all((trained_artifact / name).is_file() for name in ARTIFACT_FILES)
-    config = json.loads((trained_artifact / "config.json").read_text())
-    assert config["format_version"] == 1 and config["model"] == "gru4rec" and config["max_len"] == 10
+    config = tomllib.loads((trained_artifact / "config.toml").read_text())
+    assert config["format_version"] == 2 and config["model"]["name"] == "gru4rec" and config["model"]["max_len"] == 10
+    assert "max_len" not in config["train"]  # one source of truth
     info = json.loads((trained_artifact / "info.json").read_text())
     assert len(info["history"]) == 1  # --epochs 1
     assert 0.0 <= info["test_metrics"]["NDCG@10"] <= 1.0
@@ -75,10 +82,9 @@ def test_train_writes_a_complete_artifact(trained_artifact: Path) -> None:
 
 
 def test_train_prints_the_dataset_and_full_ranking_metrics(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                           tiny_log: Path, tiny_train_args: list[str]) -> None:
+                                                           tiny_log: Path) -> None:
     out_dir = tmp_path / "popular"
-    out = run_ok(capsys, ["train", "--data", str(tiny_log), *tiny_train_args, "--model", "popular",
-                          "--k", "5,10", "--out", str(out_dir)])
+    out = run_ok(capsys, ["train", "--data", str(tiny_log), *POPULAR_ARGS, "--k", "5,10", "--out", str(out_dir)])
     assert "30 users, 25 items, 240 events" in out
     assert "full ranking over 25 items" in out and "NDCG@10" in out
     assert f"artifact written to {out_dir}" in out
@@ -86,12 +92,11 @@ def test_train_prints_the_dataset_and_full_ranking_metrics(capsys: pytest.Captur
 
 
 def test_train_with_bf16_gradient_matmuls_records_the_option(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                             tiny_log: Path, tiny_train_args: list[str]) -> None:
+                                                             tiny_log: Path) -> None:
     out_dir = tmp_path / "sasrec-bf16grads"
-    run_ok(capsys, ["train", "--data", str(tiny_log), *tiny_train_args, "--model", "sasrec", "--loss", "ce",
-                    "--ce-bf16-grads", "--out", str(out_dir)])
-    config = json.loads((out_dir / "config.json").read_text())
-    assert config["train_config"]["ce_bf16_grads"] is True
+    run_ok(capsys, ["train", "--data", str(tiny_log), *SASREC_ARGS, "--loss", "ce", "--ce-bf16-grads",
+                    "--out", str(out_dir)])
+    assert Recommender.load(out_dir).config.loss.bf16_grads is True
     info = json.loads((out_dir / "info.json").read_text())
     assert 0.0 <= info["test_metrics"]["NDCG@10"] <= 1.0
 
@@ -138,10 +143,33 @@ def test_recommend_for_an_ad_hoc_history(capsys: pytest.CaptureFixture[str], tra
     assert {int(row[1]) for row in with_seen} == set(range(100, 125))
 
 
-def test_temporal_split_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_log: Path,
-                                   tiny_train_args: list[str]) -> None:
+def test_temporal_split_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_log: Path) -> None:
     out_dir = tmp_path / "temporal"
-    run_ok(capsys, ["train", "--data", str(tiny_log), *tiny_train_args, "--model", "popular", "--k", "5",
+    run_ok(capsys, ["train", "--data", str(tiny_log), *POPULAR_ARGS, "--k", "5",
                     "--split", "temporal", "--valid-time", "1500", "--test-time", "1650", "--out", str(out_dir)])
     out = run_ok(capsys, ["evaluate", str(out_dir), "--k", "5"])
     assert "HR@5" in out
+
+
+def test_an_artifact_config_reproduces_its_run(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               trained_artifact: Path) -> None:
+    again = tmp_path / "again"
+    run_ok(capsys, ["train", "--config", str(trained_artifact / "config.toml"), "--out", str(again), "--quiet"])
+    first, second = (tomllib.loads((p / "config.toml").read_text()) for p in (trained_artifact, again))
+    assert first == second  # the same resolved run, data settings included
+    metrics = [json.loads((p / "info.json").read_text())["test_metrics"] for p in (trained_artifact, again)]
+    assert metrics[0] == metrics[1]  # seeded: the same model, the same test metrics
+
+
+def test_a_temporal_split_artifact_re_evaluates_from_python(tmp_path: Path, tiny_log: Path) -> None:
+    import seqrec
+
+    data = seqrec.build_dataset(seqrec.read_log(tiny_log))
+    split = seqrec.temporal(data, 1500, 1650)
+    rec = Recommender("popular")
+    rec.fit(data, split, progress=False)
+    before = rec.evaluate(ks=(5, 10))
+    rec.save(tmp_path / "temporal")
+    loaded = Recommender.load(tmp_path / "temporal")  # rebuilds the split from the saved cut-offs
+    assert loaded.info["split"] == "temporal" and loaded.info["test_time"] == 1650
+    assert loaded.evaluate(ks=(5, 10)) == before

@@ -5,12 +5,17 @@ Bugs (anything but a SeqrecError) propagate out of `main` and fail these tests w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
+from safetensors.torch import load_file, save_file
 
 import seqrec.artifact
 from seqrec.cli import main
@@ -55,7 +60,7 @@ def test_directory_instead_of_file(capsys: pytest.CaptureFixture[str], tmp_path:
 
 def test_unknown_dataset_name(capsys: pytest.CaptureFixture[str], tiny_train_args: list[str]) -> None:
     line = user_error(capsys, ["train", "--dataset", "no-such-data", *tiny_train_args])
-    assert "unknown dataset 'no-such-data'" in line and "movielens-latest-small" in line
+    assert "--dataset no-such-data is not valid" in line and "movielens-latest-small" in line
 
 
 @pytest.mark.parametrize(("option", "role"), [("--user-col", "user"), ("--item-col", "item")])
@@ -84,9 +89,10 @@ def test_dataset_emptied_by_user_core(capsys: pytest.CaptureFixture[str], tiny_l
     assert "no interactions left after filtering" in line and "--user-core" in line
 
 
-def test_temporal_split_without_cutoffs(capsys: pytest.CaptureFixture[str], tiny_log: Path,
+def test_temporal_split_without_cutoffs(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                         tiny_train_args: list[str]) -> None:
-    line = user_error(capsys, ["train", "--data", str(tiny_log), "--split", "temporal", *tiny_train_args])
+    missing = tmp_path / "not-read.csv"  # the settings are checked before the file is opened
+    line = user_error(capsys, ["train", "--data", str(missing), "--split", "temporal", *tiny_train_args])
     assert "--valid-time and --test-time" in line
 
 
@@ -133,9 +139,30 @@ def test_incomplete_artifact(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert str(art) in line and "missing users.json" in line
 
 
+def reseal(art: Path) -> None:
+    """Rewrite the manifest's digests, as an attacker or a careless edit might: the field checks must hold."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    for name in manifest["sha256"]:
+        manifest["sha256"][name] = hashlib.sha256((art / name).read_bytes()).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit_toml(art: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    config = tomllib.loads((art / "config.toml").read_text())
+    change(config)
+    (art / "config.toml").write_text(tomli_w.dumps(config))
+    reseal(art)
+
+
+def edit_json(art: Path, name: str, change: Callable[[Any], Any]) -> None:
+    data = json.loads((art / name).read_text())
+    (art / name).write_text(json.dumps(change(data)))
+    reseal(art)
+
+
 @pytest.mark.parametrize(("name", "damage"), [
     ("model.safetensors", lambda p: p.write_bytes(b"\x00garbage, not safetensors" * 8)),
-    ("config.json", lambda p: p.write_text(p.read_text()[:40])),  # truncated
+    ("config.toml", lambda p: p.write_text(p.read_text()[:40])),  # truncated
     ("sequences.safetensors", lambda p: p.write_bytes(p.read_bytes()[:60])),
     ("items.json", lambda p: p.write_text("{")),
 ])
@@ -144,27 +171,67 @@ def test_corrupted_artifact(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     art = copy_artifact(trained_artifact, tmp_path / "art")
     damage(art / name)
     line = user_error(capsys, ["evaluate", str(art)])
+    assert str(art) in line and f"{name} does not match its digest" in line
+    reseal(art)  # the same damage with matching digests is caught by the parsers
+    line = user_error(capsys, ["evaluate", str(art)])
     assert str(art) in line and "corrupt artifact" in line
 
 
-def test_weights_of_the_wrong_shape(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                    trained_artifact: Path) -> None:
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c["model"].update(dim=16), "corrupt artifact"),  # weights of the wrong shape
+    (lambda c: c["model"].update(n_heads=0), "n_heads"),
+    (lambda c: c["model"].update(max_len=-5), "max_len"),
+    (lambda c: c["model"].update(max_len="fifty"), "max_len"),
+    (lambda c: c["model"].pop("max_len"), "lacks max_len"),
+    (lambda c: c.update(model=3), "[model]"),
+    (lambda c: c.update(train=[1, 2]), "[train]"),
+])
+def test_edited_config_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, trained_artifact: Path,
+                                   change: Callable[[dict[str, Any]], object], expected: str) -> None:
     art = copy_artifact(trained_artifact, tmp_path / "art")
-    config = json.loads((art / "config.json").read_text())
-    config["model_config"]["dim"] = 16
-    (art / "config.json").write_text(json.dumps(config))
+    edit_toml(art, change)
     line = user_error(capsys, ["evaluate", str(art)])
-    assert "corrupt artifact" in line
+    assert str(art) in line and expected in line
+
+
+@pytest.mark.parametrize(("name", "change", "expected"), [
+    ("items.json", lambda d: d | {"offset": 0}, "'offset' must be 1"),
+    ("items.json", lambda d: d | {"offset": 100000}, "'offset' must be 1"),
+    ("users.json", lambda d: d | {"offset": 5}, "'offset' must be 0"),
+    ("items.json", lambda d: d | {"ids": "abc"}, "'ids' a list"),
+    ("items.json", lambda d: d | {"ids": d["ids"][:-1]}, "items.json lists"),
+    ("info.json", lambda d: [d], "info.json"),
+])
+def test_edited_id_maps_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, trained_artifact: Path,
+                                    name: str, change: Callable[[Any], Any], expected: str) -> None:
+    art = copy_artifact(trained_artifact, tmp_path / "art")
+    edit_json(art, name, change)
+    line = user_error(capsys, ["recommend", str(art), "--user", "u1"])
+    assert str(art) in line and expected in line
+
+
+def test_nan_weights_and_float_sequences_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     trained_artifact: Path) -> None:
+    art = copy_artifact(trained_artifact, tmp_path / "art")
+    weights = load_file(str(art / "model.safetensors"))
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first][0] = float("nan")
+    save_file(weights, str(art / "model.safetensors"))
+    reseal(art)
+    assert "NaN" in user_error(capsys, ["evaluate", str(art)])
+    art = copy_artifact(trained_artifact, tmp_path / "art2")
+    seqs = load_file(str(art / "sequences.safetensors"))
+    save_file({k: v.double() if k == "items" else v for k, v in seqs.items()}, str(art / "sequences.safetensors"))
+    reseal(art)
+    assert "int64" in user_error(capsys, ["evaluate", str(art)])
 
 
 def test_incompatible_format_version(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                      trained_artifact: Path) -> None:
     art = copy_artifact(trained_artifact, tmp_path / "art")
-    config = json.loads((art / "config.json").read_text())
-    config["format_version"] = 99
-    (art / "config.json").write_text(json.dumps(config))
+    edit_toml(art, lambda c: c.update(format_version=99))
     line = user_error(capsys, ["recommend", str(art), "--user", "u1"])
-    assert "format 99" in line and "expects 1" in line
+    assert "format 99" in line and "expects 2" in line
 
 
 # ---- a failed `train --out DIR` leaves nothing half-written -------------------------------------
@@ -212,11 +279,10 @@ def test_train_that_fails_while_saving_keeps_the_previous_artifact(
 
 
 def test_train_that_fails_while_saving_leaves_no_partial_artifact(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_log: Path, tiny_train_args: list[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_log: Path) -> None:
     out = tmp_path / "model"
     fail_writing_weights(monkeypatch)
-    assert run_failing(["train", "--data", str(tiny_log), *tiny_train_args, "--model", "popular",
-                        "--out", str(out)]) != 0
+    assert run_failing(["train", "--data", str(tiny_log), "--model", "popular", "--quiet", "--out", str(out)]) != 0
     # a training checkpoint may stay for --resume; an artifact file may not
     assert not out.exists() or {p.name for p in out.iterdir()} <= {"checkpoint"}
     assert leftovers(tmp_path) == []

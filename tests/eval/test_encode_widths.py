@@ -28,16 +28,20 @@ def test_widths_are_powers_of_two_with_a_spare_column_up_to_max_len() -> None:
     assert (widths > np.minimum(seqs.lengths, MAX_LEN - 1)).all()  # room for the whole history + 1
 
 
-@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "hstu", "gru4rec", "lstm"])
+PARAMS: dict[str, dict[str, int]] = {"sasrec": {"n_heads": 2}, "bert4rec": {"n_heads": 2}, "hstu": {"n_heads": 2},
+                                     "gru4rec": {"hidden": 16}, "lstm": {"hidden": 16}}
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
 def test_encode_rows_equals_full_width_encoding(name: str) -> None:
     torch.manual_seed(0)
-    model = create(name, n_items=30, max_len=MAX_LEN, dim=16, hidden=16, n_heads=2).eval()
+    model = create(name, n_items=30, max_len=MAX_LEN, dim=16, **PARAMS[name]).eval()
     seqs = _histories()
     rows = np.arange(seqs.n_users)
     with torch.no_grad():
-        got = encode_rows(model, seqs, rows, MAX_LEN, torch.device("cpu"))
-        full = model.encode_last(eval_inputs(seqs, MAX_LEN, rows))
-        alone = torch.cat([encode_rows(model, seqs, rows[i : i + 1], MAX_LEN, torch.device("cpu"))
+        got = encode_rows(model, seqs, rows)
+        full = model.predict_next(eval_inputs(seqs, MAX_LEN, rows))
+        alone = torch.cat([encode_rows(model, seqs, rows[i : i + 1])
                            for i in range(len(rows))])
     torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)  # a row's state ignores its batch

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqrec.eval.evaluate import ranks_from_scores
-from seqrec.eval.metrics import all_metrics, coverage, expected_rank, hit_rate, mrr, ndcg, recall
+from seqrec.eval.metrics import all_metrics, coverage, expected_rank, hit_rate, mrr, ndcg
 
 INF = float("inf")
 NEG = float("-inf")
@@ -21,7 +21,9 @@ RANKS = np.array([1.0, 2.0, 3.0, 11.0, INF])
 @pytest.mark.parametrize(("k", "hr"), [(1, 1 / 5), (2, 2 / 5), (3, 3 / 5), (10, 3 / 5), (11, 4 / 5), (1000, 4 / 5)])
 def test_hit_rate_and_recall_by_hand(k: int, hr: float) -> None:
     assert hit_rate(RANKS, k) == pytest.approx(hr)
-    assert recall(RANKS, k) == pytest.approx(hr)  # one held-out target per user
+    out = all_metrics(RANKS, (k,))
+    assert out[f"HR@{k}"] == pytest.approx(hr)
+    assert out[f"Recall@{k}"] == pytest.approx(hr)  # one held-out target per user: Recall@K is HR@K
 
 
 def test_ndcg_by_hand() -> None:
@@ -38,8 +40,9 @@ def test_mrr_by_hand() -> None:
 
 def test_an_excluded_target_is_a_miss_at_every_k() -> None:
     only_missing = np.array([INF, INF])
-    for metric in (hit_rate, ndcg, mrr, recall):
+    for metric in (hit_rate, ndcg, mrr):
         assert metric(only_missing, 10**9) == 0.0
+    assert set(all_metrics(only_missing, (10**9,)).values()) == {0.0}
 
 
 def test_fractional_ranks_from_ties() -> None:
@@ -52,7 +55,8 @@ def test_fractional_ranks_from_ties() -> None:
 
 def test_no_users_gives_zero_not_nan() -> None:
     empty = np.zeros(0)
-    assert [hit_rate(empty, 5), ndcg(empty, 5), mrr(empty, 5), recall(empty, 5)] == [0.0] * 4
+    assert [hit_rate(empty, 5), ndcg(empty, 5), mrr(empty, 5)] == [0.0] * 3
+    assert all_metrics(empty, (5,)) == {"HR@5": 0.0, "NDCG@5": 0.0, "MRR@5": 0.0, "Recall@5": 0.0}
     assert coverage(np.zeros((0, 5), dtype=np.int64), 5, 10) == 0.0
 
 

@@ -7,6 +7,7 @@ import torch
 
 from seqrec.eval.evaluate import ranks_from_scores
 from seqrec.eval.tiled import tile_top, top_and_ranks
+from seqrec.items.tower import ItemTable
 
 
 def plain(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
@@ -37,7 +38,7 @@ def test_tiled_ranks_equal_plain(tile: int, block: int, seed: int, monkeypatch: 
     def exact(sub: torch.Tensor) -> torch.Tensor:
         return plain(hidden, weight, bias, targets, seen_rows, seen_items, k)[1][sub]
 
-    top, ranks = top_and_ranks(hidden, weight, bias, targets, seen_rows, seen_items, k, exact)
+    top, ranks = top_and_ranks(hidden, ItemTable(weight, bias), targets, seen_rows, seen_items, k, exact)
     want_top, want_ranks = plain(hidden, weight, bias, targets, seen_rows, seen_items, k)
     within = want_ranks <= k
     assert torch.equal(ranks[within], want_ranks[within].double())
@@ -57,7 +58,7 @@ def test_all_equal_scores_take_the_slow_path_and_get_the_middle_rank() -> None:
         calls.append(sub.tolist())
         return torch.full((len(sub),), 50.5, dtype=torch.float64)
 
-    _, ranks = top_and_ranks(hidden, weight, None, targets, torch.zeros(0, dtype=torch.long),
+    _, ranks = top_and_ranks(hidden, ItemTable(weight, None), targets, torch.zeros(0, dtype=torch.long),
                              torch.zeros(0, dtype=torch.long), 10, exact)
     assert calls == [[0, 1, 2, 3]]
     assert torch.isinf(ranks).all()  # middle rank 50.5 > k = 10

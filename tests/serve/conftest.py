@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from seqrec.artifact import Artifact, save_artifact
 from seqrec.data.preprocess import build_dataset
-from seqrec.models.popular import PopularEncoder
+from seqrec.models.popular import PopularModel
 from seqrec.models.registry import create
 from seqrec.serve.api import create_app
 from seqrec.serve.service import Service, build_service
@@ -27,6 +27,11 @@ from seqrec.serve.settings import ServeSettings
 
 API_KEY = "test-key-0123456789"
 N_USERS, FIRST_ITEM, N_ITEMS, MAX_LEN = 40, 100, 60, 20
+# each model's size settings (popular takes none)
+MODEL_PARAMS: dict[str, dict[str, int]] = {
+    "lstm": {"dim": 16, "hidden": 16, "n_layers": 1}, "gru4rec": {"dim": 16, "hidden": 16, "n_layers": 1},
+    "sasrec": {"dim": 16, "n_heads": 2, "n_layers": 1}, "bert4rec": {"dim": 16, "n_heads": 2, "n_layers": 1},
+    "hstu": {"dim": 16, "n_heads": 2, "n_layers": 1}}
 
 
 def tiny_frame(string_ids: bool = False, seed: int = 0) -> pd.DataFrame:
@@ -50,10 +55,10 @@ def build_tiny_artifact(path: Path, model: str = "gru4rec", string_ids: bool = F
     names = {(f"sku-{i}" if string_ids else i): f"Item {i}" for i in range(FIRST_ITEM, FIRST_ITEM + N_ITEMS)}
     data = build_dataset(frame, name="tiny", titles=names if titles else None)
     torch.manual_seed(0)
-    encoder = create(model, n_items=data.n_items, max_len=MAX_LEN, dim=16, hidden=16, n_heads=2, n_layers=1)
-    if isinstance(encoder, PopularEncoder):
-        encoder.fit_counts(data.sequences.items)
-    return Path(save_artifact(path, Artifact(model, encoder.eval(), data, MAX_LEN)))
+    net = create(model, n_items=data.n_items, max_len=MAX_LEN, **MODEL_PARAMS.get(model, {}))
+    if isinstance(net, PopularModel):
+        net.fit_counts(data.sequences.items)
+    return Path(save_artifact(path, Artifact(model, net.eval(), data)))
 
 
 @pytest.fixture(scope="session")

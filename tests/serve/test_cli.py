@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import seqrec.serve
+from seqrec.artifact import MANIFEST, load_artifact
 from seqrec.cli import build_parser, main
+from seqrec.errors import ArtifactError
+from seqrec.serve.index import ServedModel
 from seqrec.serve.settings import settings_from_args, settings_from_environment, settings_to_environment
 
 
@@ -66,24 +71,47 @@ def corrupt_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_corrupt_artifact_fails_at_start_up_in_one_line(capsys: pytest.CaptureFixture[str],
-                                                          artifact_dir: Path, tmp_path: Path) -> None:
+def test_a_corrupt_artifact_fails_at_start_up_in_one_line(capsys: pytest.CaptureFixture[str], artifact_dir: Path,
+                                                          tmp_path: Path,
+                                                          rewrite_manifest: Callable[[Path], None]) -> None:
     bad = corrupt_copy(artifact_dir, tmp_path / "bad-weights")
     (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert "model.safetensors does not match its digest" in one_error_line(capsys, ["serve", str(bad)])
+    rewrite_manifest(bad)  # the digests agree: the weights themselves are unreadable
     assert "corrupt artifact" in one_error_line(capsys, ["serve", str(bad)])
 
     missing = tmp_path / "nothing-here"
     assert "no artifact directory" in one_error_line(capsys, ["serve", str(missing)])
 
     torn = corrupt_copy(artifact_dir, tmp_path / "torn")
-    (torn / "config.json").unlink()
-    assert "missing config.json" in one_error_line(capsys, ["serve", str(torn)])
+    (torn / "config.toml").unlink()
+    assert "missing config.toml" in one_error_line(capsys, ["serve", str(torn)])
+    unlisted = corrupt_copy(artifact_dir, tmp_path / "unlisted")
+    (unlisted / MANIFEST).unlink()
+    assert f"missing {MANIFEST}" in one_error_line(capsys, ["serve", str(unlisted)])
+
+    old = corrupt_copy(artifact_dir, tmp_path / "format-1")
+    (old / "config.toml").rename(old / "config.json")
+    assert "older seqrec (format 1, config.json)" in one_error_line(capsys, ["serve", str(old)])
 
     mismatched = corrupt_copy(artifact_dir, tmp_path / "mismatched")
     items = json.loads((mismatched / "items.json").read_text())
     items["ids"], items["titles"] = items["ids"][:-1], items["titles"][:-1]
     (mismatched / "items.json").write_text(json.dumps(items))
-    assert "inconsistent artifact" in one_error_line(capsys, ["serve", str(mismatched)])
+    assert "items.json does not match its digest" in one_error_line(capsys, ["serve", str(mismatched)])
+    rewrite_manifest(mismatched)
+    line = one_error_line(capsys, ["serve", str(mismatched)])
+    assert "the model has 60 items but items.json lists 59" in line
+
+
+def test_an_artifact_whose_parts_disagree_is_refused_when_served(artifact_dir: Path) -> None:
+    artifact = load_artifact(artifact_dir)
+    titles = artifact.dataset.item_titles
+    assert titles is not None
+    ServedModel(artifact, "v1")  # consistent
+    artifact.dataset = dataclasses.replace(artifact.dataset, item_titles=titles[:-1])
+    with pytest.raises(ArtifactError, match=r"inconsistent artifact: items.json has 59 titles for 60 items"):
+        ServedModel(artifact, "v1")
 
 
 def test_bad_settings_fail_in_one_line(capsys: pytest.CaptureFixture[str], artifact_dir: Path,

@@ -83,9 +83,12 @@ def test_workers_share_the_store_and_label_their_metrics(artifact_dir: Path, tmp
     assert proc.returncode == 0
 
 
-def worker_pids(base: str, tries: int = 24) -> set[str]:
-    seen = set()
-    for _ in range(tries):
+def worker_pids(base: str, expected: int = 2, seconds: float = 60.0) -> set[str]:
+    """The workers that answer scrapes, polled until ``expected`` have answered or ``seconds`` pass: the
+    supervisor is healthy once one worker is, and a loaded machine may take a while to start the other."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while len(seen) < expected and time.monotonic() < deadline:
         seen.update(line.split('worker="')[1].split('"')[0] for line in httpx.get(f"{base}/metrics").text.splitlines()
                     if line.startswith("seqrec_model_info{"))
     return seen
@@ -104,7 +107,7 @@ def test_the_supervisor_replaces_a_killed_worker(artifact_dir: Path, tmp_path: P
         while time.monotonic() < deadline and len(after - {victim}) < 2:
             time.sleep(1.0)
             try:
-                after = worker_pids(base, tries=8)
+                after = worker_pids(base, seconds=2.0)
             except httpx.TransportError:
                 continue
         assert victim not in after and len(after) == 2  # a new worker took the dead one's place

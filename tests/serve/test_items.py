@@ -19,7 +19,7 @@ def test_similar_items_are_the_cosine_nearest(client: TestClient, artifact_dir: 
 
     rec = Recommender.load(artifact_dir)
     assert rec.model is not None and rec.dataset is not None
-    emb = rec.model.item_embeddings().detach().numpy()[1:]  # (N, D), row 0 (padding) dropped
+    emb = rec.model.item_table().weight.detach().numpy()[1:]  # (N, D), row 0 (padding) dropped
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     me = int(rec.dataset.items.to_internal([105])[0]) - 1
     cos = unit @ unit[me]

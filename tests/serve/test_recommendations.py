@@ -64,7 +64,7 @@ def test_invalid_stateless_requests_get_422(client: TestClient, body: dict[str, 
 @pytest.mark.parametrize("model", model_names())
 def test_served_scores_equal_offline_scores_for_every_model(model: str, tmp_path: Path,
                                                             build_artifact: Callable[..., Path]) -> None:
-    """The design's promise: serving and evaluation share encode() and item_embeddings()."""
+    """The design's promise: serving and evaluation share the model's forward pass and item_table()."""
     artifact = build_artifact(tmp_path / model, model=model)
     service = build_service(ServeSettings(artifact, store=f"sqlite:///{tmp_path / 'e.db'}"))
     try:
@@ -98,6 +98,6 @@ def test_a_batched_forward_pass_scores_each_history_as_alone(service: Service) -
         np.testing.assert_array_equal(got.items, alone.items)
         np.testing.assert_allclose(got.scores, alone.scores, rtol=0, atol=1e-5)
         full = score_histories(ix.model, Sequences.from_lists([req.history.tolist()]), np.zeros(1, dtype=np.int64),
-                               ix.max_len, req.exclude_seen, torch.device("cpu"))[0]
+                               req.exclude_seen)[0]
         full[torch.from_numpy(req.banned)] = float("-inf")
         np.testing.assert_allclose(got.scores, torch.topk(full, 6).values.numpy(), rtol=0, atol=1e-5)

@@ -9,11 +9,17 @@ import pytest
 import torch
 
 import seqrec
+from seqrec.data.batch import SequenceBatch
 from seqrec.datasets.synthetic import markov_dataset
+from seqrec.devices import resolve_device
+from seqrec.errors import SeqrecError
+from seqrec.losses import LossConfig
 from seqrec.models.registry import create
-from seqrec.train.loop import fit, lr_factor, make_optimizer, param_groups, training_sequences
+from seqrec.scoring import catalog_scores
+from seqrec.train.loop import Trainer, fit, lr_factor, make_optimizer, param_groups, training_sequences
 
-CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, max_len=10, seed=3, patience=10)
+MAX_LEN = 10
+CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, seed=3, patience=10)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +29,8 @@ def split() -> seqrec.Split:
 
 def _run(split: seqrec.Split, cfg: seqrec.TrainConfig = CFG, **kw: object) -> tuple[list[dict[str, float]], dict]:
     torch.manual_seed(0)
-    model = create("sasrec", n_items=split.n_items, max_len=cfg.max_len, dim=16, n_heads=1)
-    result = fit(model, split, cfg, progress=False, **kw)  # type: ignore[arg-type]
+    model = create("sasrec", n_items=split.n_items, max_len=MAX_LEN, dim=16, n_heads=1)
+    result = fit(model, split, cfg, progress=False, **kw)
     return result.history, model.state_dict()
 
 
@@ -63,7 +69,7 @@ def test_bf16_autocast_trains(split: seqrec.Split) -> None:
 
 @pytest.mark.parametrize("loss", ["sampled", "bce", "gbce"])
 def test_other_losses_train(split: seqrec.Split, loss: str) -> None:
-    history, _ = _run(split, dataclasses.replace(CFG, loss=loss, n_negatives=8, epochs=3))
+    history, _ = _run(split, dataclasses.replace(CFG, loss=LossConfig(name=loss, n_negatives=8), epochs=3))
     assert history[-1]["loss"] < history[0]["loss"]
 
 
@@ -88,7 +94,7 @@ def test_no_weight_decay_on_embeddings_and_norms() -> None:
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     no_ids = {id(p) for p in no_decay["params"]}
-    assert id(model.item_emb.weight) in no_ids and id(model.pos_emb.weight) in no_ids
+    assert id(model.tower.id_emb.weight) in no_ids and id(model.pos_emb.weight) in no_ids
     assert id(model.final_norm.weight) in no_ids
     assert id(model.blocks[0].qkv.weight) in {id(p) for p in decay["params"]}
 
@@ -107,7 +113,8 @@ def test_fused_adamw_updates_like_the_plain_one() -> None:
     for _ in range(3):
         for model, opt in ((a, fused), (b, plain)):
             opt.zero_grad()
-            model.score(model.encode(items)[:, -1]).log_softmax(-1)[:, 1:].mean().backward()
+            scores = catalog_scores(model(SequenceBatch(items))[:, -1], model.item_table())
+            scores.log_softmax(-1)[:, 1:].mean().backward()
             opt.step()
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, msg=name)
@@ -116,10 +123,11 @@ def test_fused_adamw_updates_like_the_plain_one() -> None:
 def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split) -> None:
     """The speed path (length buckets, trimmed padding) computes the same loss on the same rows."""
     from seqrec.data.batch import TrainBatches
-    from seqrec.losses import LossConfig, compute_loss
+    from seqrec.losses import LossInputs, NegativeSampler, compute_loss
 
     torch.manual_seed(0)
     model = create("sasrec", n_items=split.n_items, max_len=10, dim=16).eval()
+    sampler = NegativeSampler(split.n_items, "uniform")
     plain = TrainBatches(split.train, 10, 16, bucket=False)
     fast = TrainBatches(split.train, 10, 16, bucket=True)
     rows = fast._batches(torch.Generator().manual_seed(0))[0]
@@ -130,24 +138,24 @@ def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split)
     losses = []
     for w in (full, trimmed):
         items, targets = w[:, :-1], torch.where(w[:, :-1] > 0, w[:, 1:], 0)
-        hidden = model.encode(items)
-        losses.append(compute_loss(model, hidden[targets > 0], targets[targets > 0], LossConfig(), None))
+        query, real = model(SequenceBatch(items)), targets > 0
+        losses.append(compute_loss(LossInputs(query[real], model.item_table(), targets[real], LossConfig(), sampler)))
     torch.testing.assert_close(losses[0], losses[1])
     epoch_rows = torch.cat(fast._batches(torch.Generator().manual_seed(1)))
     assert sorted(epoch_rows.tolist()) == list(range(fast.windows.shape[0]))
 
 
-def test_row_weights_give_every_target_the_same_weight() -> None:
+def test_target_weighting_gives_every_target_the_same_weight() -> None:
     """Bucketed batches: a batch's mean loss is scaled by its targets over the mean so far, so a
     target weighs the same in a batch of 40 as in one of 4,000 (random batches' objective)."""
-    from seqrec.train.loop import RowWeights
+    from seqrec.train.loop import TargetWeighting
 
-    w = RowWeights()
+    w = TargetWeighting()
     assert w.weight(100) == 1.0  # the first batch is the mean so far
     assert w.weight(300) == 300 / 200  # mean of (100, 300)
     gen = torch.Generator().manual_seed(0)
     sizes = torch.randint(20, 5000, (4000,), generator=gen).tolist()
-    w = RowWeights()
+    w = TargetWeighting()
     per_target = [w.weight(n) / n for n in sizes]
     mean = sum(sizes) / len(sizes)
     assert per_target[-1] == pytest.approx(1 / mean, rel=1e-12)
@@ -160,13 +168,13 @@ def test_bucketed_training_scales_each_batch_by_its_targets(split: seqrec.Split,
     from seqrec.train import loop
 
     seen: list[int] = []
-    weight = loop.RowWeights.weight
+    weight = loop.TargetWeighting.weight
 
-    def spy(self: loop.RowWeights, rows: int) -> float:
+    def spy(self: loop.TargetWeighting, rows: int) -> float:
         seen.append(rows)
         return weight(self, rows)
 
-    monkeypatch.setattr(loop.RowWeights, "weight", spy)
+    monkeypatch.setattr(loop.TargetWeighting, "weight", spy)
     _run(split, dataclasses.replace(CFG, epochs=1))
     assert len(seen) > 1 and len(set(seen)) > 1  # one call per step, with the batch's own targets
     seen.clear()
@@ -197,3 +205,74 @@ def test_rest_valid_trains_on_validation_events_of_other_users_only(split: seqre
     plain, _ = _run(split, cfg)
     rest, _ = _run(split, dataclasses.replace(cfg, train_rest_valid=True))
     assert plain[0]["loss"] != rest[0]["loss"]  # more targets: a different epoch
+
+
+def test_training_windows_are_as_long_as_the_models_max_len(split: seqrec.Split,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_len belongs to the model: training reads it from the model's config."""
+    from seqrec.train import loop
+
+    widths: list[int] = []
+    real_init = loop.TrainBatches.__init__
+
+    def spy(self: loop.TrainBatches, train: object, max_len: int, *args: object, **kwargs: object) -> None:
+        widths.append(max_len)
+        real_init(self, train, max_len, *args, **kwargs)
+
+    monkeypatch.setattr(loop.TrainBatches, "__init__", spy)
+    model = create("sasrec", n_items=split.n_items, max_len=7, dim=16, n_heads=1)
+    assert Trainer(model, split, CFG).max_len == 7
+    fit(model, split, dataclasses.replace(CFG, epochs=1), progress=False)
+    assert widths == [7]
+
+
+@pytest.mark.parametrize(("clip", "calls"), [(0.0, False), (5.0, True)])
+def test_a_grad_clip_of_zero_turns_clipping_off(split: seqrec.Split, monkeypatch: pytest.MonkeyPatch,
+                                                clip: float, calls: bool) -> None:
+    seen: list[float] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params: object, max_norm: float, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(max_norm)
+        return real_clip(params, max_norm, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    _run(split, dataclasses.replace(CFG, epochs=1, grad_clip=clip))
+    assert bool(seen) == calls and set(seen) <= {clip}
+
+
+@pytest.mark.parametrize("name", ["sasrec", "lstm", "gru4rec", "hstu"])
+def test_a_causal_model_cannot_train_with_the_cloze_objective(split: seqrec.Split, name: str) -> None:
+    """It has no mask token: the masked inputs would be the padding id, which the model ignores."""
+    params = {"hidden": 16} if name in ("lstm", "gru4rec") else {"n_heads": 1}
+    model = create(name, n_items=split.n_items, max_len=MAX_LEN, dim=16, **params)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SeqrecError, match="cloze"):
+        fit(model, split, dataclasses.replace(CFG, epochs=1, objective="cloze"), progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any step
+
+
+def test_bert4rec_cannot_train_with_the_next_item_objective(split: seqrec.Split) -> None:
+    """Bidirectional attention would let each position read the item it has to predict."""
+    model = create("bert4rec", n_items=split.n_items, max_len=MAX_LEN, dim=16, n_heads=1)
+    with pytest.raises(SeqrecError, match="next"):
+        fit(model, split, dataclasses.replace(CFG, epochs=1, objective="next"), progress=False)
+    history = fit(model, split, dataclasses.replace(CFG, epochs=1, objective="cloze"), progress=False).history
+    assert len(history) == 1  # its own objective trains
+
+
+def test_resolve_device_only_looks_up_the_device() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert resolve_device("cpu") == torch.device("cpu")
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+        assert resolve_device("auto").type == want
+        assert torch.get_num_threads() == 1  # no side effect on torch's settings
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SeqrecError, match="unknown device"):
+        resolve_device("tpu-ish")
+    if not torch.cuda.is_available():
+        with pytest.raises(SeqrecError, match="no CUDA"):
+            resolve_device("cuda")

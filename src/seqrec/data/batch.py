@@ -13,8 +13,7 @@ from seqrec.data.sequences import Sequences
 
 class SequenceBatch(NamedTuple):
     items: torch.Tensor  # (B, L) input item ids, left-padded with 0, most recent last
-    targets: torch.Tensor  # (B, L) next item at each position; 0 = no target there
-    lengths: torch.Tensor  # (B,) number of real input items
+    targets: torch.Tensor | None = None  # (B, L) item to predict at each position; 0 = none (None: inference)
     times: torch.Tensor | None = None  # (B, L) float64 event times of the inputs, when the log has them
 
 
@@ -76,7 +75,7 @@ class TrainBatches:
                 w, t = w[:, first:], None if t is None else t[:, first:]
             items = w[:, :-1]
             targets = torch.where(items > 0, w[:, 1:], 0)
-            yield SequenceBatch(items, targets, (items > 0).sum(1), None if t is None else t[:, :-1])
+            yield SequenceBatch(items, targets, None if t is None else t[:, :-1])
 
     def _batches(self, generator: torch.Generator) -> list[torch.Tensor]:
         """Row indices of each batch. With bucketing, windows of similar length share a batch:

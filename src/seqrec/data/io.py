@@ -10,14 +10,13 @@ import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from seqrec.errors import DataError
+from seqrec.settings import check_fields, setting
 
-Format = Literal["auto", "csv", "parquet", "movielens", "inter", "user-per-line"]
 FORMATS: tuple[str, ...] = ("auto", "csv", "parquet", "movielens", "inter", "user-per-line")
 
 
@@ -26,13 +25,20 @@ class ReadOptions:
     """How to read a log. Column names refer to the file's header (or 0-based positions
     as strings when ``header`` is False)."""
 
-    format: Format = "auto"
-    sep: str | None = None  # None: sniffed from the first line
-    header: bool = True
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str | None = "timestamp"  # None or missing column: file order stands for time
-    rating_col: str | None = None
+    format: str = setting("auto", "log format (auto: from the file name and first line)", choices=FORMATS)
+    sep: str | None = setting(None, "column separator (none: sniffed from the first line)")
+    header: bool = setting(True, "the file's first line names its columns (off: columns are named 0, 1, ...)")
+    user_col: str = setting("user_id", "column holding the user ids")
+    item_col: str = setting("item_id", "column holding the item ids")
+    # None (Python) is taken as "": no time column
+    time_col: str | None = setting("timestamp", "column holding event times; when empty or absent from the "
+                                   "file, file order stands for time")
+    rating_col: str | None = setting(None, "column holding ratings (none: no ratings)")
+
+    def __post_init__(self) -> None:
+        if self.time_col is None:  # one spelling of "no time column", so that TOML (no null) round-trips
+            object.__setattr__(self, "time_col", "")
+        check_fields(self)
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -11,16 +11,21 @@ import pandas as pd
 from seqrec.data.ids import IdMap
 from seqrec.data.sequences import Sequences
 from seqrec.errors import DataError
+from seqrec.settings import check_fields, setting
 
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    min_rating: float | None = None  # keep rows with rating >= this (implicit feedback)
-    dedupe: bool = True  # drop exact duplicate (user, item, time) rows; needs a time column
-    drop_consecutive_repeats: bool = False  # a user's item equal to their previous item
-    user_core: int = 0  # iterative k-core: users with at least this many events
-    item_core: int = 0  # ... and items with at least this many events
-    strict: bool = False  # raise on the first unparsable row instead of dropping it
+    min_rating: float | None = setting(None, "keep events with a rating >= this (none: keep all)")
+    dedupe: bool = setting(True, "drop exact duplicate (user, item, time) rows; needs a time column")
+    drop_consecutive_repeats: bool = setting(False, "drop an event whose item repeats the user's previous one",
+                                             flag="drop-repeats")
+    user_core: int = setting(0, "iterative k-core: keep users with at least this many events", low=0)
+    item_core: int = setting(0, "iterative k-core: keep items with at least this many events", low=0)
+    strict: bool = setting(False, "stop at the first unparsable row instead of dropping it (and counting it)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass

@@ -41,6 +41,8 @@ class Split:
     test: EvalSet
     n_items: int
     kind: str
+    valid_time: float | None = None  # temporal split: the cut-offs (unix seconds) that made it
+    test_time: float | None = None
 
 
 def leave_one_out(data: Dataset) -> Split:
@@ -81,7 +83,7 @@ def temporal(data: Dataset, valid_time: float, test_time: float) -> Split:
     if len(test) == 0:
         raise DataError(f"no user has an event at or after the test cutoff {test_time} "
                         "with history before it")
-    return Split(train, valid, test, data.n_items, "temporal")
+    return Split(train, valid, test, data.n_items, "temporal", valid_time, test_time)
 
 
 def _count_before(seqs: Sequences, cutoff: float) -> np.ndarray:

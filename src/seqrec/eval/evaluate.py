@@ -14,7 +14,9 @@ from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
 from seqrec.eval.metrics import all_metrics
 from seqrec.eval.tiled import top_and_ranks
-from seqrec.models.base import SequenceEncoder
+from seqrec.items.tower import ItemTable
+from seqrec.models.base import SequenceModel
+from seqrec.scoring import catalog_scores
 from seqrec.threads import map_on_threads, single_threaded_ops
 
 COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
@@ -42,23 +44,25 @@ def seen_pairs(history: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torc
 
 def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> None:
     """Set the scores of every item in each row's history to -inf, in place."""
-    scores[seen_pairs(history, rows)] = float("-inf")
+    batch_row, items = seen_pairs(history, rows)
+    scores[batch_row.to(scores.device), items.to(scores.device)] = float("-inf")
 
 
-def encode_rows(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
-                device: torch.device) -> torch.Tensor:
-    """(R, D) next-item states of the given history rows (with their event times, when known).
+def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray) -> torch.Tensor:
+    """(R, D) next-item queries of the given history rows (with their event times, when known), on the
+    model's device.
 
     Rows are encoded in groups of equal input width (see ``eval_widths``): a short history is not
     run through ``max_len`` positions of padding, and its state does not depend on its batch.
     """
+    max_len, device = int(model.config.max_len), model.device
     widths = eval_widths(history, max_len, rows)
     out: torch.Tensor | None = None
     for width in np.unique(widths):
         sel = np.flatnonzero(widths == width)
         inputs = eval_inputs(history, int(width), rows[sel]).to(device)
         times = eval_times(history, int(width), rows[sel])
-        hidden = model.encode_last(inputs, None if times is None else times.to(device))
+        hidden = model.predict_next(inputs, None if times is None else times.to(device))
         if out is None:
             out = hidden.new_empty((len(rows), *hidden.shape[1:]))
         out[torch.from_numpy(sel).to(device)] = hidden
@@ -68,10 +72,9 @@ def encode_rows(model: SequenceEncoder, history: Sequences, rows: np.ndarray, ma
 
 
 @torch.no_grad()
-def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray, max_len: int,
-                    exclude_seen: bool, device: torch.device) -> torch.Tensor:
-    """(R, N + 1) catalog scores for the given history rows."""
-    scores = model.score(encode_rows(model, history, rows, max_len, device)).float().cpu()
+def score_histories(model: SequenceModel, history: Sequences, rows: np.ndarray, exclude_seen: bool) -> torch.Tensor:
+    """(R, N + 1) float32 catalog scores for the given history rows, on the model's device."""
+    scores = catalog_scores(encode_rows(model, history, rows), model.item_table()).float()
     if exclude_seen:
         mask_seen(scores, history, rows)
     return scores
@@ -79,9 +82,9 @@ def score_histories(model: SequenceEncoder, history: Sequences, rows: np.ndarray
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(R,) expected ranks (ties count half) of each row's target; -inf or NaN target -> inf."""
-    t = scores.gather(1, targets[:, None])  # (R, 1)
-    higher = torch.zeros(len(t), dtype=torch.int64)
-    ties = torch.full((len(t),), -1, dtype=torch.int64)  # the target ties with itself
+    t = scores.gather(1, targets.to(scores.device)[:, None])  # (R, 1)
+    higher = torch.zeros(len(t), dtype=torch.int64, device=scores.device)
+    ties = torch.full((len(t),), -1, dtype=torch.int64, device=scores.device)  # the target ties with itself
     # Compare column tiles that stay in cache: three times faster than whole rows on a CPU.
     for tile in scores.split(COMPARE_TILE, dim=1):
         higher += (tile > t).sum(1, dtype=torch.int64)
@@ -89,16 +92,17 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     ranks = 1.0 + higher.double() + ties.double() / 2.0
     # a NaN target compares false with everything (rank 0.5, better than the best): a miss
     miss = torch.isnan(t[:, 0]) | (torch.isinf(t[:, 0]) & (t[:, 0] < 0))
-    return torch.where(miss, torch.inf, ranks)
+    return torch.where(miss, torch.inf, ranks).cpu()
 
 
 @torch.no_grad()
-def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalConfig | None = None,
-             device: torch.device | None = None, item_counts: np.ndarray | None = None) -> dict[str, float]:
-    """Full-catalog metrics (or, on request, ``sampled_`` metrics) over an EvalSet."""
+def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = None,
+             item_counts: np.ndarray | None = None) -> dict[str, float]:
+    """Full-catalog metrics (or, on request, ``sampled_`` metrics) over an EvalSet, computed on the
+    model's device."""
     cfg = config or EvalConfig()
-    device = device or torch.device("cpu")
-    n_items = int(model.item_embeddings().shape[0] - 1)
+    device = model.device
+    n_items = int(model.item_table().weight.shape[0] - 1)
     if max(cfg.ks) > n_items:
         raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); "
                           "choose a smaller --k")
@@ -112,19 +116,19 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
         gen = np.random.default_rng(cfg.seed)
         for rows in batches:
             targets = torch.from_numpy(data.targets[rows])
-            scores = score_histories(model, data.history, rows, max_len, cfg.exclude_seen, device)
+            scores = score_histories(model, data.history, rows, cfg.exclude_seen).cpu()
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
     else:
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             targets = torch.from_numpy(data.targets[rows])
-            return _tiled_ranks(model, data, rows, targets, max_len, cfg.exclude_seen, kmax, device)
+            return _tiled_ranks(model, data, rows, targets, cfg.exclude_seen, kmax)
 
         workers = (cfg.workers or torch.get_num_threads()) if device.type == "cpu" else 1
         with single_threaded_ops() if workers > 1 and len(batches) > 1 else nullcontext():
             results = map_on_threads(rank, batches, workers)  # in order: metrics do not depend on workers
         for top, batch_ranks in results:
-            all_ranks.append(batch_ranks.numpy())
-            all_top.append(top.numpy())  # 0 = no item (fewer than K rankable): never counted
+            all_ranks.append(batch_ranks.cpu().numpy())
+            all_top.append(top.cpu().numpy())  # 0 = no item (fewer than K rankable): never counted
     model.train(was_training)
     ranks = np.concatenate(all_ranks) if all_ranks else np.zeros(0)
     if cfg.sampled:
@@ -133,22 +137,23 @@ def evaluate(model: SequenceEncoder, data: EvalSet, max_len: int, config: EvalCo
     return all_metrics(ranks, cfg.ks, top_items, n_items)
 
 
-def _tiled_ranks(model: SequenceEncoder, data: EvalSet, rows: np.ndarray, targets: torch.Tensor, max_len: int,
-                 exclude_seen: bool, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tiled_ranks(model: SequenceModel, data: EvalSet, rows: np.ndarray, targets: torch.Tensor,
+                 exclude_seen: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
-    hidden = encode_rows(model, data.history, rows, max_len, device).float().cpu()
-    bias = model.item_bias()
+    query = encode_rows(model, data.history, rows).float()
+    weight, bias = model.item_table()
+    device = query.device
     none = torch.zeros(0, dtype=torch.long)
     seen_rows, seen_items = seen_pairs(data.history, rows) if exclude_seen else (none, none)
 
     def exact(sub: torch.Tensor) -> torch.Tensor:
-        picked = rows[sub.numpy()]
-        full = score_histories(model, data.history, picked, max_len, exclude_seen, device)
-        return ranks_from_scores(full, targets[sub])
+        picked = rows[sub.cpu().numpy()]
+        full = score_histories(model, data.history, picked, exclude_seen)
+        return ranks_from_scores(full, targets[sub.cpu()])
 
-    return top_and_ranks(hidden, model.item_embeddings().detach().float().cpu(),
-                         None if bias is None else bias.detach().float().cpu(), targets.long(),
-                         seen_rows, seen_items, k, exact)
+    table = ItemTable(weight.detach().float(), None if bias is None else bias.detach().float())
+    return top_and_ranks(query, table, targets.long().to(device), seen_rows.to(device), seen_items.to(device),
+                         k, exact)
 
 
 def _sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, cfg: EvalConfig, gen: np.random.Generator,

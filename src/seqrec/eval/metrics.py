@@ -29,10 +29,6 @@ def mrr(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(np.where(ranks <= k, 1.0 / np.minimum(ranks, 1e18), 0.0)))
 
 
-def recall(ranks: np.ndarray, k: int) -> float:
-    return hit_rate(ranks, k)
-
-
 def coverage(top_items: np.ndarray, k: int, n_items: int) -> float:
     """Share of the catalog that appears in at least one top-k list."""
     if top_items.size == 0:
@@ -48,7 +44,7 @@ def all_metrics(ranks: np.ndarray, ks: tuple[int, ...], top_items: np.ndarray | 
         out[f"{prefix}HR@{k}"] = hit_rate(ranks, k)
         out[f"{prefix}NDCG@{k}"] = ndcg(ranks, k)
         out[f"{prefix}MRR@{k}"] = mrr(ranks, k)
-        out[f"{prefix}Recall@{k}"] = recall(ranks, k)
+        out[f"{prefix}Recall@{k}"] = out[f"{prefix}HR@{k}"]  # one held-out target per user: recall = hit rate
         if top_items is not None and n_items:
             out[f"{prefix}coverage@{k}"] = coverage(top_items, k, n_items)
     return out

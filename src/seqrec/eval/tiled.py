@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from seqrec.models.base import score_tile
+from seqrec.items.tower import ItemTable
+from seqrec.scoring import fill_tile
 
 ITEM_TILE = 16384  # (R x ITEM_TILE) floats per tile: 16 MB for R = 256
 BLOCK = 64  # columns per block maximum
@@ -38,9 +39,9 @@ def tile_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     full = n_blocks * BLOCK
     block_max = scores[:, :full].reshape(R, n_blocks, BLOCK).amax(2)  # a view of the rows: no copy
     best = torch.topk(block_max, k, dim=1).indices  # (R, k)
-    cols = (best[:, :, None] * BLOCK + torch.arange(BLOCK)).reshape(R, k * BLOCK)
+    cols = (best[:, :, None] * BLOCK + torch.arange(BLOCK, device=scores.device)).reshape(R, k * BLOCK)
     if full < width:  # the ragged tail: every column is a candidate
-        cols = torch.cat([cols, torch.arange(full, width).expand(R, -1)], 1)
+        cols = torch.cat([cols, torch.arange(full, width, device=scores.device).expand(R, -1)], 1)
     vals, pos = torch.topk(scores.gather(1, cols), k, dim=1)
     return vals, cols.gather(1, pos)
 
@@ -50,24 +51,24 @@ def _seen_by_tile(seen_rows: torch.Tensor, seen_items: torch.Tensor) -> tuple[to
     return seen_rows[order], seen_items[order]
 
 
-def top_and_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+def top_and_ranks(query: torch.Tensor, table: ItemTable, targets: torch.Tensor,
                   seen_rows: torch.Tensor, seen_items: torch.Tensor, k: int,
                   full_rows: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, k) top item ids (0 where fewer than k items are rankable) and (R,) target ranks.
 
-    hidden (R, D), weight (N + 1, D), bias (N + 1,) or None, targets (R,); ``seen_rows`` /
+    query (R, D), table (N + 1, D) [+ bias], targets (R,), all on one device; ``seen_rows`` /
     ``seen_items`` list the (row, item) pairs excluded from ranking; ``full_rows(rows)`` gives
     the exact expected ranks of the listed rows (the slow path for ties at the k-th place).
     """
-    R, n1 = hidden.shape[0], weight.shape[0]
+    R, n1, device = query.shape[0], table.weight.shape[0], query.device
     rows_sorted, items_sorted = _seen_by_tile(seen_rows, seen_items)
-    target_score = torch.full((R,), float("nan"), dtype=torch.float32)
+    target_score = torch.full((R,), float("nan"), dtype=torch.float32, device=device)
     cand_vals, cand_ids = [], []
-    buf = torch.empty(R, min(ITEM_TILE, n1), dtype=torch.float32)
+    buf = torch.empty(R, min(ITEM_TILE, n1), dtype=torch.float32, device=device)
     for lo in range(0, n1, ITEM_TILE):
         hi = min(lo + ITEM_TILE, n1)
-        scores = score_tile(buf[:, : hi - lo], hidden, weight, bias, lo, hi)
-        a, b = torch.searchsorted(items_sorted, torch.tensor([lo, hi])).tolist()
+        scores = fill_tile(buf[:, : hi - lo], query, table, lo, hi)
+        a, b = torch.searchsorted(items_sorted, torch.tensor([lo, hi], device=device)).tolist()
         scores[rows_sorted[a:b], items_sorted[a:b] - lo] = float("-inf")
         inside = torch.nonzero((targets >= lo) & (targets < hi)).squeeze(1)
         target_score[inside] = scores[inside, targets[inside] - lo]
@@ -85,5 +86,6 @@ def top_and_ranks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ambiguous = torch.nonzero((vals[:, -1] == target_score) & (higher < k) & ~miss).squeeze(1)
     if len(ambiguous):
         exact = full_rows(ambiguous)
+        exact = exact.to(device)
         ranks[ambiguous] = torch.where(exact <= k, exact, torch.inf).double()
     return top, torch.where(miss, torch.inf, ranks)

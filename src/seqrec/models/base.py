@@ -1,15 +1,49 @@
-"""The encoder contract shared by every model."""
+"""What every model shares: its config base, the module contract, and the one forward pass.
+
+A model = an item tower (ids -> vectors), a sequence encoder over the embedded inputs, and a
+similarity (how queries meet item vectors; the product itself lives in :mod:`seqrec.scoring`).
+``forward(batch)`` runs all of it, so wrappers such as DistributedDataParallel or Opacus see
+every parameter used; losses, evaluation and serving score the returned queries against
+:meth:`SequenceModel.item_table`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from seqrec.data.batch import SequenceBatch
+from seqrec.items.tower import ItemTable, ItemTower
+from seqrec.scoring import SIMILARITIES, DotSimilarity, Similarity, make_similarity
+from seqrec.settings import check_fields, setting
 
-class SequenceEncoder(nn.Module):
-    """Encodes left-padded item sequences; scoring is ``hidden @ item_embeddings().T + bias``.
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_items: int  # catalog size, set from the data (not a setting)
+    max_len: int = setting(50, "longest history the model reads: the most recent items", low=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if isinstance(self.n_items, bool) or not isinstance(self.n_items, int) or self.n_items < 1:
+            raise ValueError(f"n_items must be a positive integer, got {self.n_items!r}")
+
+
+@dataclass(frozen=True)
+class NeuralConfig(ModelConfig):
+    dim: int = setting(64, "item embedding size", low=1)
+    n_layers: int = setting(2, "recurrent or attention layers", low=1)
+    dropout: float = setting(0.2, "dropout rate", low=0.0)
+    similarity: str = setting("dot", "how queries meet item vectors: dot product, or cosine / temperature "
+                              "(L2-normalised query and item vectors)", choices=SIMILARITIES)
+    temperature: float = setting(0.05, "temperature of the cosine similarity", low=1e-6)
+
+
+class SequenceModel(nn.Module):
+    """Encodes left-padded item sequences into query states scored against :meth:`item_table`.
 
     A model only encodes: losses, negative sampling and optimisers live outside it.
     """
@@ -17,71 +51,43 @@ class SequenceEncoder(nn.Module):
     name: ClassVar[str]
     causal: ClassVar[bool] = True  # position t sees only positions <= t
     objective: ClassVar[str] = "next"  # default training objective: "next" or "cloze"
+    objectives: ClassVar[tuple[str, ...]] = ("next",)  # the objectives the model can train with
     trainable: ClassVar[bool] = True
+    mask_token: int | None = None  # the input id the cloze objective masks with
     config: Any
+    tower: ItemTower
+    similarity: Similarity = DotSimilarity()
 
-    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) item ids [and (B, L) event times in seconds] -> (B, L, D) hidden states.
+    def setup_similarity(self, config: NeuralConfig) -> None:
+        self.similarity = make_similarity(config.similarity, config.temperature)
 
-        Models that do not use time ignore ``times``.
-        """
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        """(B, L) items [and times] -> (B, L, D) query states, one per position."""
+        items = batch.items[:, -self.config.max_len :]
+        times = None if batch.times is None else batch.times[:, -self.config.max_len :]
+        return self.similarity.query(self.encode(self.tower(items), items, times))
+
+    def encode(self, x: torch.Tensor, items: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, D_in) embedded inputs of (B, L) item ids [and times] -> (B, L, D) hidden states."""
         raise NotImplementedError
 
-    def item_embeddings(self) -> torch.Tensor:
-        """(N + 1, D) output embeddings; row 0 is padding and is never recommended."""
-        raise NotImplementedError
+    def next_inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """The inputs whose last position predicts the item after ``items`` (identity for next-item models)."""
+        return items
 
-    def item_bias(self) -> torch.Tensor | None:
-        """(N + 1,) output bias, or None."""
-        return None
+    def predict_next(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) history [and its times] -> (B, D) query that scores the next item."""
+        return self(SequenceBatch(self.next_inputs(items), times=times))[:, -1]
 
-    def encode_last(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) history [and its times] -> (B, D) state that predicts the next item."""
-        return self.encode(items, times)[:, -1]
+    def item_table(self) -> ItemTable:
+        """The (N + 1, D) catalog [and (N + 1,) bias] the queries are scored against."""
+        return self.similarity.items(self.tower.table())
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) hidden -> (..., N + 1) scores over the whole catalog (padding at -inf)."""
-        logits = hidden @ self.item_embeddings().T
-        bias = self.item_bias()
-        if bias is not None:
-            logits = logits + bias
-        logits[..., 0] = float("-inf")
-        return logits
+    @property
+    def device(self) -> torch.device:
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def score_tile(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               lo: int, hi: int) -> torch.Tensor:
-    """Write the scores of items ``lo:hi`` into ``out`` (R, hi - lo), as :meth:`SequenceEncoder.score`
-    would give them (padding item 0 at -inf), without allocating a new (R, hi - lo) block."""
-    if out.is_contiguous():
-        torch.mm(hidden, weight[lo:hi].T, out=out)
-    else:  # a column slice of a wider buffer (the catalog's last, partial tile)
-        out.copy_(hidden @ weight[lo:hi].T)
-    if bias is not None:
-        out += bias[lo:hi]
-    if lo == 0:
-        out[:, 0] = float("-inf")  # padding is never a candidate
-    return out
-
-
-def left_to_right(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(B, L, ...) left-padded -> right-padded (real items first), by rolling each row."""
-    L = x.shape[1]
-    idx = (torch.arange(L, device=x.device)[None, :] + (L - lengths)[:, None]) % L  # (B, L)
-    return _gather_rows(x, idx)
-
-
-def right_to_left(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`left_to_right`."""
-    L = x.shape[1]
-    idx = (torch.arange(L, device=x.device)[None, :] + lengths[:, None]) % L  # (B, L)
-    return _gather_rows(x, idx)
-
-
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 2:
-        return torch.gather(x, 1, idx)
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))

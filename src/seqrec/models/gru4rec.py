@@ -8,39 +8,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqrec.models.base import SequenceEncoder
-from seqrec.models.lstm import run_packed
+from seqrec.items.tower import ItemTower
+from seqrec.models.base import SequenceModel
+from seqrec.models.recurrent import RecurrentConfig, recurrent_tower, redraw_in_order, run_packed
 
 
 @dataclass(frozen=True)
-class GRU4RecConfig:
-    n_items: int
-    max_len: int = 50
-    dim: int = 64  # item embedding size
-    hidden: int = 128  # GRU hidden size
-    n_layers: int = 1
-    dropout: float = 0.2  # on embeddings and on the hidden state
+class GRU4RecConfig(RecurrentConfig):
+    pass
 
 
-class GRU4RecEncoder(SequenceEncoder):
+class GRU4RecModel(SequenceModel):
     name = "gru4rec"
 
-    def __init__(self, config: GRU4RecConfig) -> None:
+    def __init__(self, config: GRU4RecConfig, tower: ItemTower | None = None) -> None:
         super().__init__()
         self.config = config
-        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
+        rng_state = torch.random.get_rng_state()
+        self.tower = tower or ItemTower(recurrent_tower(config))
         self.emb_drop = nn.Dropout(config.dropout)
         self.rnn = nn.GRU(config.dim, config.hidden, config.n_layers, batch_first=True,
                           dropout=config.dropout if config.n_layers > 1 else 0.0)
         self.hidden_drop = nn.Dropout(config.dropout)
-        self.out = nn.Linear(config.hidden, config.n_items + 1)
+        if tower is None:
+            redraw_in_order(rng_state, self.tower.id_emb, self.rnn, self.tower.output)
+        self.setup_similarity(config)
 
-    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = run_packed(self.rnn, self.emb_drop(self.item_emb(items)), items)  # (B, L, H)
+    def encode(self, x: torch.Tensor, items: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
+        hidden = run_packed(self.rnn, self.emb_drop(x), items)  # (B, L, H)
         return self.hidden_drop(hidden)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.out.weight
-
-    def item_bias(self) -> torch.Tensor | None:
-        return self.out.bias

@@ -14,26 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.models.base import SequenceEncoder
-from seqrec.models.layers import attention_mask, positions_from_start
-from seqrec.models.sasrec import _init
+from seqrec.items.tower import ItemTower, TowerConfig
+from seqrec.models.base import SequenceModel
+from seqrec.models.layers import AttentionConfig, attention_mask, positions_from_start
+from seqrec.models.sasrec import init_weights
+from seqrec.settings import setting
 
 
 @dataclass(frozen=True)
-class HSTUConfig:
-    n_items: int
-    max_len: int = 50
-    dim: int = 64
-    n_layers: int = 2
-    n_heads: int = 1
-    dropout: float = 0.2
-    attn_dim: int | None = None  # per-head query/key size; None: dim / n_heads
-    time_buckets: int = 64  # log-spaced buckets of |t_i - t_j| seconds
-    use_time: bool = False  # add the relative time bias when the log has timestamps
-    # Score by cosine / temperature: the sequence state and the item embeddings are L2-normalised,
-    # as generative-recommenders' HSTU does (its l2_norm post-processor and temperature).
-    l2_norm: bool = False
-    temperature: float = 0.05
+class HSTUConfig(AttentionConfig):
+    attn_dim: int | None = setting(None, "per-head query/key size (default: dim / n_heads)", low=1)
+    time_buckets: int = setting(64, "log-spaced buckets of the time gap |t_i - t_j| in seconds", low=1)
+    use_time: bool = setting(False, "add the relative time bias when the log has timestamps")
 
 
 class RelativeBias(nn.Module):
@@ -81,36 +73,28 @@ class HSTULayer(nn.Module):
         return x + self.drop(self.out(self.norm_attn(y) * u))
 
 
-class HSTUEncoder(SequenceEncoder):
+class HSTUModel(SequenceModel):
     name = "hstu"
     causal = True
 
-    def __init__(self, config: HSTUConfig) -> None:
+    def __init__(self, config: HSTUConfig, tower: ItemTower | None = None) -> None:
         super().__init__()
         self.config = c = config
-        self.item_emb = nn.Embedding(c.n_items + 1, c.dim, padding_idx=0)
+        self.tower = tower or ItemTower(TowerConfig(c.n_items, c.dim))
         self.drop = nn.Dropout(c.dropout)
         self.bias = RelativeBias(c.max_len, c.time_buckets)
         attn_dim = c.attn_dim or c.dim // c.n_heads
         self.layers = nn.ModuleList(
             HSTULayer(c.dim, c.n_heads, attn_dim, c.dropout, c.max_len) for _ in range(c.n_layers))
         self.final_norm = nn.LayerNorm(c.dim)
-        self.apply(_init)
+        self.apply(init_weights)
+        self.setup_similarity(c)  # cosine / temperature: generative-recommenders' l2-norm output
 
-    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
-        items = items[:, -self.config.max_len :]
-        if times is not None:
-            times = times[:, -self.config.max_len :]
+    def encode(self, x: torch.Tensor, items: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
-        x = self.drop(self.item_emb(items) * math.sqrt(self.config.dim)) * real
+        x = self.drop(x * math.sqrt(self.config.dim)) * real
         mask = attention_mask(items, causal=True) & (items > 0)[:, None, None, :]  # no self-loop on pads
         bias = self.bias(items, times if self.config.use_time else None)
         for layer in self.layers:
             x = layer(x, mask, bias) * real
-        x = self.final_norm(x)
-        return F.normalize(x, dim=-1) / self.config.temperature if self.config.l2_norm else x
-
-    def item_embeddings(self) -> torch.Tensor:
-        if self.config.l2_norm:  # row 0 (padding) is never scored: its column is set to -inf
-            return F.normalize(self.item_emb.weight, dim=-1)
-        return self.item_emb.weight
+        return self.final_norm(x)

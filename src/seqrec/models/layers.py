@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from seqrec.models.base import NeuralConfig
+from seqrec.settings import setting
 
 
 def positions_from_start(items: torch.Tensor) -> torch.Tensor:
@@ -34,15 +39,27 @@ def positions_from_end(items: torch.Tensor) -> torch.Tensor:
 POSITIONS = ("start", "end")
 
 
-def check_positions(counted_from: str) -> None:
-    if counted_from not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}, got {counted_from!r}")
+@dataclass(frozen=True)
+class AttentionConfig(NeuralConfig):
+    n_heads: int = setting(1, "attention heads (dim must be divisible by it)", low=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by n_heads {self.n_heads}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig(AttentionConfig):
+    ff_dim: int | None = setting(None, "feed-forward width (default: dim for sasrec, 4 x dim for bert4rec)", low=1)
+    norm_first: bool = setting(True, "layer norm before each sub-layer (pre-norm); off: after each residual sum")
+    positions: str = setting("start", "learned positions counted from the first item in the window (start) or "
+                             "back from the most recent one (end)", choices=POSITIONS)
 
 
 def item_positions(items: torch.Tensor, counted_from: str) -> torch.Tensor:
     """(B, L) positions for a learned position embedding, counted from the window's first item
     (``"start"``) or back from its last (``"end"``)."""
-    check_positions(counted_from)
     return positions_from_start(items) if counted_from == "start" else positions_from_end(items)
 
 

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seqrec.models.base import SequenceEncoder
+from seqrec.data.batch import SequenceBatch
+from seqrec.items.tower import ItemTable
+from seqrec.models.base import ModelConfig, SequenceModel
 
 
 @dataclass(frozen=True)
-class PopularConfig:
-    n_items: int
-    max_len: int = 50
+class PopularConfig(ModelConfig):
+    pass
 
 
-class PopularEncoder(SequenceEncoder):
+class PopularModel(SequenceModel):
+    """Every query is the constant 1 and the catalog table holds training counts: score = count."""
+
     name = "popular"
     trainable = False
 
@@ -32,8 +35,9 @@ class PopularEncoder(SequenceEncoder):
         counts[0] = 0.0
         self.counts.copy_(torch.from_numpy(counts)[:, None])
 
-    def encode(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        items = batch.items[:, -self.config.max_len :]
         return torch.ones(*items.shape, 1, device=items.device)  # (B, L, 1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.counts
+    def item_table(self) -> ItemTable:
+        return ItemTable(self.counts, None)

@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--gil-switch-ms", type=float, default=5.0,
                    help="how long a thread holds Python's interpreter lock before handing it over to the "
                    "HTTP loop or the scorer (default: Python's 5; 0.5 measured within noise of it)")
+    p.add_argument("--device", default="cpu", help="where the model scores: cpu (default), cuda or cuda:N")
     p.add_argument("--access-log", action="store_true", help="log every request (off: logs would hold user ids)")
     p.set_defaults(func=run)
 

@@ -1,7 +1,8 @@
-"""The loaded model as a scoring index: id lookups, catalog scoring and similar items.
+"""The loaded model as the service uses it: id lookups, catalog scoring and similar items.
 
 Scoring goes through :func:`seqrec.eval.evaluate.score_histories`, the function offline
-evaluation uses, so served scores are the offline scores (a test holds them to 1e-5).
+evaluation uses (and through it :mod:`seqrec.scoring`), so served scores are the offline scores
+(a test holds them to 1e-5).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from seqrec.eval.tiled import tile_top
 
 ExternalId = int | str
 _INT_TEXT = re.compile(r"[+-]?\d{1,18}")  # fits int64; longer digit strings stay text and match nothing
-_CPU = torch.device("cpu")
 
 
-class IdLookup:
+class RequestIds:
     """External id <-> internal index through a dict: no pandas on the request path, no overflow.
 
     Ids arrive as JSON ints or strings (a URL always gives a string), so both are reduced to one
@@ -84,19 +84,18 @@ def model_version(artifact_dir: Path, model_name: str) -> str:
     return f"{model_name}-{digest.hexdigest()[:16]}"
 
 
-class ModelIndex:
+class ServedModel:
     def __init__(self, artifact: Artifact, version: str) -> None:
         self.model = artifact.model.eval()
         self.model_name = artifact.model_name
         self.version = version
-        self.max_len = artifact.max_len
         data = artifact.dataset
-        self.items = IdLookup(data.items)
-        self.users = IdLookup(data.users)
+        self.items = RequestIds(data.items)
+        self.users = RequestIds(data.users)
         self.titles = data.item_titles
         self.sequences = data.sequences
         with torch.inference_mode():
-            emb = self.model.item_embeddings().detach().float()  # (N + 1, D)
+            emb = self.model.item_table().weight.detach().float()  # (N + 1, D)
             self._unit = F.normalize(emb, dim=1)  # rows of zeros stay zeros: cosine 0
         self._check(int(emb.shape[0]) - 1)
 
@@ -135,16 +134,15 @@ class ModelIndex:
         lengths = np.array([len(r.history) for r in requests], dtype=np.int64)
         seqs = Sequences.from_lengths(lengths, np.concatenate([r.history for r in requests]))
         with torch.inference_mode():
-            scores = score_histories(self.model, seqs, np.arange(len(requests)), self.max_len,
-                                     exclude_seen=False, device=_CPU)  # (R, N + 1)
+            scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False)  # (R, N + 1)
             for row, r in enumerate(requests):
                 # The same masking as mask_seen(), per row, since each request chooses its own.
                 if r.exclude_seen:
-                    scores[row, torch.from_numpy(r.history)] = float("-inf")
+                    scores[row, torch.from_numpy(r.history).to(scores.device)] = float("-inf")
                 if len(r.banned):
-                    scores[row, torch.from_numpy(r.banned)] = float("-inf")
+                    scores[row, torch.from_numpy(r.banned).to(scores.device)] = float("-inf")
             top_values, top_indices = tile_top(scores, max(r.k for r in requests))
-        values, indices = top_values.numpy(), top_indices.numpy()
+        values, indices = top_values.cpu().numpy(), top_indices.cpu().numpy()
         return [_finite(indices[row, : r.k], values[row, : r.k]) for row, r in enumerate(requests)]
 
     def similar(self, item: int, k: int) -> Ranked:
@@ -154,7 +152,7 @@ class ModelIndex:
             sims[0] = float("-inf")  # padding
             sims[item] = float("-inf")  # the item itself
             top = torch.topk(sims, k)
-        return _finite(top.indices.numpy(), top.values.numpy())
+        return _finite(top.indices.cpu().numpy(), top.values.cpu().numpy())
 
 
 def _finite(items: np.ndarray, scores: np.ndarray) -> Ranked:

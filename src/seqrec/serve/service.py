@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from seqrec.artifact import load_artifact
+from seqrec.devices import resolve_device
 from seqrec.errors import SeqrecError
 from seqrec.serve.batching import MicroBatcher
-from seqrec.serve.index import ExternalId, ModelIndex, Ranked, ScoreRequest, model_version
+from seqrec.serve.index import ExternalId, Ranked, ScoreRequest, ServedModel, model_version
 from seqrec.serve.metrics import Metrics
 from seqrec.serve.settings import ServeSettings
 from seqrec.serve.store import Event, EventStore, StoreError, open_store
@@ -91,7 +92,7 @@ class _HistoryQuery:
 
 
 class Service:
-    def __init__(self, index: ModelIndex, store: EventStore, history_cap: int = 200,
+    def __init__(self, index: ServedModel, store: EventStore, history_cap: int = 200,
                  max_score_batch: int = 64, clock: Callable[[], float] = time.time,
                  worker: str | None = None) -> None:
         self.index = index
@@ -120,9 +121,6 @@ class Service:
                         now if e.timestamp is None else float(e.timestamp)) for e in events]
         return self._writer.submit(stored)
 
-    def add_events(self, events: Sequence[EventInput]) -> EventsAdded:
-        return self.submit_events(events).result()
-
     def _write_batch(self, posts: list[list[Event]]) -> list[EventsAdded | Exception]:
         """One transaction for every queued post: all of them are durable, or none is."""
         self.store.append([e for post in posts for e in post], self.history_cap)
@@ -147,9 +145,6 @@ class Service:
     def submit_user(self, user_id: ExternalId, k: int, exclude_seen: bool = True) -> Future[Recommendations]:
         self._check_k(k, self.index.n_items)
         return self._scorer.submit(_UserQuery(user_id, k, exclude_seen))
-
-    def recommend_user(self, user_id: ExternalId, k: int, exclude_seen: bool = True) -> Recommendations:
-        return self.submit_user(user_id, k, exclude_seen).result()
 
     def submit_history(self, history: Sequence[ExternalId], k: int, exclude: Sequence[ExternalId] = (),
                        exclude_seen: bool = True) -> Future[Recommendations]:
@@ -234,7 +229,8 @@ def build_service(settings: ServeSettings) -> Service:
     """Load the artifact and open the store; a bad artifact or unreachable store raises a
     SeqrecError here, at start-up, rather than on the first request."""
     artifact = load_artifact(settings.artifact)
-    index = ModelIndex(artifact, model_version(Path(settings.artifact), artifact.model_name))
+    artifact.model.to(resolve_device(settings.device))
+    index = ServedModel(artifact, model_version(Path(settings.artifact), artifact.model_name))
     store = open_store(settings.store)
     worker = str(os.getpid()) if settings.workers > 1 else None
     return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker)

@@ -38,6 +38,7 @@ class ServeSettings:
     # How long a thread may hold the GIL before another may take it (Python's default is 5 ms): the event
     # loop and the scorer thread hand it back and forth, and every wait adds to a request's latency.
     gil_switch_ms: float = 5.0
+    device: str = "cpu"  # where the model scores: cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
         if self.history_cap < 1:
@@ -113,4 +114,4 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         api_key=read_api_key(args.api_key_file, environ), read_requires_key=args.read_requires_key,
         history_cap=args.history_cap, max_body_bytes=args.max_body_bytes, max_score_batch=args.max_score_batch,
         torch_threads=args.torch_threads or default_torch_threads(args.workers), access_log=args.access_log,
-        workers=args.workers, gil_switch_ms=args.gil_switch_ms)
+        workers=args.workers, gil_switch_ms=args.gil_switch_ms, device=args.device)

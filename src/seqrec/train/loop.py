@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ from tqdm import tqdm
 from seqrec.data.batch import SequenceBatch, TrainBatches
 from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet, Split
+from seqrec.devices import resolve_device
 from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate
-from seqrec.losses import LossConfig, NegativeSampler, compute_loss
-from seqrec.models.base import SequenceEncoder
+from seqrec.losses import LossInputs, NegativeSampler, compute_loss
+from seqrec.models.base import SequenceModel
 from seqrec.train.checkpoint import load_checkpoint, save_checkpoint
 from seqrec.train.config import TrainConfig
 
@@ -31,18 +31,6 @@ class FitResult:
     best_epoch: int = 0
     best_metric: float = float("-inf")
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        torch.set_num_threads(os.cpu_count() or 1)
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise SeqrecError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -87,7 +75,7 @@ def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: flo
     masked[none, -1] = real[none, -1]  # every row predicts at least one item
     inputs = torch.where(masked, mask_token, items)
     times = None if batch.times is None else torch.cat([batch.times, batch.times[:, -1:]], 1)[:, 1:]
-    return SequenceBatch(inputs, torch.where(masked, items, 0), real.sum(1), times)
+    return SequenceBatch(inputs, torch.where(masked, items, 0), times)
 
 
 def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequences:
@@ -102,7 +90,7 @@ def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequen
 
 
 @dataclass
-class RowWeights:
+class TargetWeighting:
     """Weight of a batch's mean loss so that every loss row (target) counts alike across batches.
 
     Bucketed batches hold windows of similar length, so their numbers of targets differ widely (a
@@ -122,37 +110,41 @@ class RowWeights:
 
 
 class Trainer:
-    def __init__(self, model: SequenceEncoder, split: Split, cfg: TrainConfig,
+    def __init__(self, model: SequenceModel, split: Split, cfg: TrainConfig,
                  out_dir: Path | None = None, progress: bool = True,
                  on_epoch: Callable[[dict[str, float]], None] | None = None) -> None:
         self.model, self.split, self.cfg = model, split, cfg
         self.device = resolve_device(cfg.device)
         self.out_dir, self.progress, self.on_epoch = out_dir, progress, on_epoch
         self.objective = cfg.objective or model.objective
+        if model.trainable and self.objective not in model.objectives:
+            why = ("it has no mask token (a causal model would mask with the padding id)" if self.objective == "cloze"
+                   else "its bidirectional attention would let each position see its own target")
+            raise SeqrecError(f"{model.name} cannot train with the {self.objective!r} objective: {why}; "
+                              f"use {' or '.join(model.objectives)}")
+        self.max_len = int(model.config.max_len)
         self.valid = split.valid if cfg.valid_users is None else split.valid.sample(cfg.valid_users, cfg.seed)
         self.train = training_sequences(split, self.valid, cfg.train_rest_valid)
         counts = np.bincount(self.train.items, minlength=split.n_items + 1)
         self.item_counts = counts
-        self.loss_cfg = LossConfig(cfg.loss, cfg.n_negatives, cfg.sampler, cfg.logq, cfg.gbce_t, cfg.shared_negatives,
-                                   cfg.ce_bf16_grads)
-        self.sampler = None if cfg.loss == "ce" else NegativeSampler(split.n_items, cfg.sampler, counts)
-        self._rows = RowWeights()  # replaced at the start of each fit: the running mean belongs to one fit
+        self.sampler = NegativeSampler(split.n_items, cfg.loss.sampler, counts)
+        self._rows = TargetWeighting()  # replaced at the start of each fit: the running mean belongs to one fit
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
         if not model.trainable:
             return self._fit_statistics()
-        batches = TrainBatches(self.train, cfg.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
+        batches = TrainBatches(self.train, self.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
         if len(batches) == 0:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
         opt = make_optimizer(model, cfg)
         result, start_epoch, best, bad = FitResult(), 0, self._snapshot(), 0
-        self._rows = RowWeights()
+        self._rows = TargetWeighting()
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
         if resume and ckpt and (ckpt / "state.json").exists():
             best, loop = load_checkpoint(ckpt, model, opt)
             start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
-            self._rows = RowWeights(*loop.get("row_weights", (0, 0)))
+            self._rows = TargetWeighting(*loop.get("row_weights", (0, 0)))
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
@@ -211,15 +203,17 @@ class Trainer:
         return float(np.mean(losses))
 
     def _step(self, batch: SequenceBatch, opt: torch.optim.Optimizer, gen: torch.Generator) -> float:
-        if self.objective == "cloze":
-            mask_token = int(getattr(self.model, "mask_token", 0))
-            batch = cloze(batch, self._cloze_window(batch), mask_token, self.cfg.mask_prob, gen)
-        items, targets = batch.items.to(self.device), batch.targets.to(self.device)
-        times = None if batch.times is None else batch.times.to(self.device)
+        if self.objective == "cloze" and self.model.mask_token is not None:
+            batch = cloze(batch, self._cloze_window(batch), self.model.mask_token, self.cfg.mask_prob, gen)
+        assert batch.targets is not None
+        targets = batch.targets.to(self.device)
+        inputs = SequenceBatch(batch.items.to(self.device), None,
+                               None if batch.times is None else batch.times.to(self.device))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            hidden = self.model.encode(items, times)  # (B, L, D)
+            query = self.model(inputs)  # (B, L, D)
             mask = targets > 0
-            loss = compute_loss(self.model, hidden[mask], targets[mask], self.loss_cfg, self.sampler, gen)
+            loss = compute_loss(LossInputs(query[mask], self.model.item_table(), targets[mask], self.cfg.loss,
+                                           self.sampler, gen))
         opt.zero_grad(set_to_none=True)
         (loss * self._rows.weight(int(mask.sum())) if self.cfg.bucket else loss).backward()
         if self.cfg.grad_clip:
@@ -230,17 +224,18 @@ class Trainer:
     @staticmethod
     def _cloze_window(batch: SequenceBatch) -> torch.Tensor:
         """(B, L + 1) window whose last L entries are the most recent L events."""
+        assert batch.targets is not None
         last = torch.where(batch.targets[:, -1] > 0, batch.targets[:, -1], batch.items[:, -1])
         return torch.cat([batch.items, last[:, None]], 1)
 
     def validate(self) -> dict[str, float]:
         k = int(self.cfg.valid_metric.split("@")[1]) if "@" in self.cfg.valid_metric else 10
         cfg = EvalConfig(ks=(k,), exclude_seen=self.cfg.exclude_seen, batch_size=self.cfg.eval_batch_size)
-        metrics = evaluate(self.model, self.valid, self.cfg.max_len, cfg, self.device)
+        metrics = evaluate(self.model, self.valid, cfg)
         return {f"valid_{name}": v for name, v in metrics.items() if not name.startswith(("coverage", "Recall"))}
 
 
-def fit(model: SequenceEncoder, split: Split, cfg: TrainConfig, out_dir: Path | None = None,
+def fit(model: SequenceModel, split: Split, cfg: TrainConfig, out_dir: Path | None = None,
         resume: bool = False, progress: bool = True,
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
     return Trainer(model, split, cfg, out_dir, progress, on_epoch).fit(resume)

@@ -13,7 +13,8 @@ elementwise passes single-threaded (torch ops release the GIL): splitting every 
 and every row reduction across the threads costs a fork/join per op, which at ~200 tiles per chunk
 and per pass was a large part of the step. Each tile's item rows of the weight gradient belong to
 one thread; the hidden-state gradient is summed over per-thread copies in a fixed order.
-``full_ce`` in losses.py is the plain reference; a test pins that both agree.
+``full_ce`` in losses.py is the plain reference; a test pins that both agree. Scores come from
+:func:`seqrec.scoring.fill_tile`, the scorer every other path uses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import torch
 
-from seqrec.models.base import score_tile
+from seqrec.items.tower import ItemTable
+from seqrec.scoring import fill_tile
 from seqrec.threads import map_on_threads, single_threaded_ops
 
 ROW_CHUNK = 512
@@ -49,11 +51,9 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + tile, n)) for lo in range(0, n, tile)]
 
 
-PARALLEL_TILES = True  # False: every op uses all intra-op threads (the plain eager schedule)
-
-
-def _n_parts(device: torch.device) -> int:
-    return torch.get_num_threads() if PARALLEL_TILES and device.type == "cpu" else 1
+def _n_parts(device: torch.device, parallel: bool) -> int:
+    """Threads that each run a share of the tiles (CPU); 1: every op uses all intra-op threads."""
+    return torch.get_num_threads() if parallel and device.type == "cpu" else 1
 
 
 def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tensor, h: torch.Tensor,
@@ -68,7 +68,7 @@ def _exponentiate(which: range, tiles: list[tuple[int, int]], blocks: torch.Tens
     for i in which:
         lo, hi = tiles[i]
         store = blocks[i, :, : hi - lo]
-        logits = score_tile(store if scratch is None else scratch[:, : hi - lo], h, weight, bias, lo, hi)
+        logits = fill_tile(store if scratch is None else scratch[:, : hi - lo], h, ItemTable(weight, bias), lo, hi)
         m = torch.amax(logits, 1, out=tile_max[i]).clamp_(min=_FLOOR)  # finite: exp(-inf - m) = 0
         torch.sum(logits.sub_(m[:, None]).exp_(), 1, out=tile_sum[i])
         if scratch is not None:
@@ -105,7 +105,7 @@ def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 class _TiledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, tile: int, low: torch.dtype | None) -> torch.Tensor:
+                targets: torch.Tensor, tile: int, low: torch.dtype | None, parallel: bool) -> torch.Tensor:
         need_grad = any(ctx.needs_input_grad[:3])
         n_real = hidden.shape[0]
         if low is not None and n_real % ROW_PAD:
@@ -124,7 +124,7 @@ class _TiledCE(torch.autograd.Function):
         # ``low``: the blocks and the gradient matmuls' operands in that precision (bf16), not the weights'.
         buf = _workspace(len(tiles) * min(ROW_CHUNK, hidden.shape[0]), tile, low or hidden.dtype, hidden.device)
         weight_low = weight.detach().to(low) if low is not None and need_grad else weight
-        parts = min(_n_parts(hidden.device), len(tiles))
+        parts = min(_n_parts(hidden.device, parallel), len(tiles))
         share = [range(k, len(tiles), parts) for k in range(parts)]  # interleaved: the last tile is short
         with single_threaded_ops() if parts > 1 else nullcontext():
             for s in range(0, hidden.shape[0], ROW_CHUNK):
@@ -167,24 +167,27 @@ class _TiledCE(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
-def chunked_ce(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-               chunk: int = ITEM_TILE, bf16_grads: bool = False) -> torch.Tensor:
-    """Mean cross-entropy of ``targets`` under ``softmax(hidden @ weight.T + bias)``; column 0 excluded.
+def tiled_ce(query: torch.Tensor, table: ItemTable, targets: torch.Tensor, tile: int = ITEM_TILE,
+             bf16_grads: bool = False, parallel: bool = True) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` under ``softmax(query @ weight.T + bias)``; column 0 excluded.
 
-    hidden (M, D), weight (N + 1, D), bias (N + 1,) or None, targets (M,) in 1..N; ``chunk`` is
-    the item tile size. ``bf16_grads`` (fp32 weights only): the softmax tiles are stored in bf16 and
-    the two gradient matmuls take bf16 operands (AMX / tensor cores; half the workspace), while the
-    logits, their maxima, the exp and every sum stay fp32 and the gradients are accumulated in fp32.
-    It changes the gradients by about bf16's rounding (~0.4% relative), so it is opt-in.
+    query (M, D), table (N + 1, D) [+ (N + 1,) bias], targets (M,) in 1..N; ``tile`` is the item
+    tile size. ``bf16_grads`` (fp32 weights only): the softmax tiles are stored in bf16 and the two
+    gradient matmuls take bf16 operands (AMX / tensor cores; half the workspace), while the logits,
+    their maxima, the exp and every sum stay fp32 and the gradients are accumulated in fp32. It
+    changes the gradients by about bf16's rounding (~0.4% relative), so it is opt-in. ``parallel``
+    (CPU): tiles shared out among the intra-op threads; off, every op uses all of them.
     """
+    weight, bias = table
     dtype = weight.dtype
-    hidden = hidden.to(dtype)  # under autocast the hidden state may be bf16
+    query = query.to(dtype)  # under autocast the query may be bf16
     low = torch.bfloat16 if bf16_grads and dtype == torch.float32 else None
     # The catalog softmax runs in the weights' precision: autocast does not cover in-place addmm_.
-    with torch.autocast(hidden.device.type, enabled=False):
-        out: torch.Tensor = _TiledCE.apply(hidden, weight, bias.to(dtype) if bias is not None else None, targets,
-                                           chunk, low)
+    with torch.autocast(query.device.type, enabled=False):
+        out: torch.Tensor = _TiledCE.apply(query, weight, bias.to(dtype) if bias is not None else None, targets,
+                                           tile, low, parallel)
     return out

@@ -1,0 +1,72 @@
+"""Where the data comes from and how it is read, cleaned and split: one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqrec.data.io import ReadOptions, read_log
+from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
+from seqrec.data.split import Split, make_split
+from seqrec.datasets import KNOWN, load_dataset
+from seqrec.errors import SeqrecError
+from seqrec.settings import check_choice, check_fields, setting
+
+DEFAULT_DATASET = "movielens-latest-small"
+SPLITS = ("leave-one-out", "temporal")
+
+
+def check_dataset(name: str, value: str | None) -> None:
+    if value is not None:
+        check_choice(name, value, KNOWN)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str | None = setting(None, f"a bundled or known dataset (none: {DEFAULT_DATASET} unless data is "
+                                  "given); `seqrec datasets` lists them", check=check_dataset)
+    data: str | None = setting(None, "path to an interaction log: csv/tsv/parquet/.dat/.inter/user-per-line, "
+                               ".gz ok (read with the read options)")
+    data_root: str = setting("../shared/data", "folder holding the known datasets (the command line's default is "
+                             "$SEQREC_DATA_ROOT when set)")
+    read: ReadOptions = field(default_factory=ReadOptions)
+    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+    split: str = setting("leave-one-out", "leave-one-out (each user's last event is the test target, the one "
+                         "before it the validation target) or temporal (global time cut-offs)", choices=SPLITS)
+    valid_time: float | None = setting(None, "temporal split: validation cut-off, unix seconds")
+    test_time: float | None = setting(None, "temporal split: test cut-off, unix seconds")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.dataset is not None and self.data is not None:
+            raise SeqrecError("give a dataset (--dataset) or a data file (--data), not both")
+        if self.dataset is not None and self.read != ReadOptions():
+            raise SeqrecError(f"the read options (--format, --sep, --user-col, ...) apply to a --data file; the "
+                              f"known dataset {self.dataset!r} is read as `seqrec datasets` describes")
+        if self.split == "temporal":
+            if self.valid_time is None or self.test_time is None:
+                raise SeqrecError("a temporal split needs --valid-time and --test-time (unix seconds)")
+            if self.valid_time > self.test_time:
+                raise SeqrecError(f"the validation cut-off {self.valid_time} is after the test cut-off "
+                                  f"{self.test_time}; swap --valid-time and --test-time")
+        elif self.valid_time is not None or self.test_time is not None:
+            raise SeqrecError("--valid-time and --test-time apply to --split temporal only")
+
+    @property
+    def name(self) -> str:
+        """The dataset's name: the known name, or the log file's name."""
+        return Path(self.data).name if self.data is not None else (self.dataset or DEFAULT_DATASET)
+
+
+def load_data(config: DataConfig) -> Dataset:
+    """Read, clean and index the log that ``config`` names."""
+    if config.data is None:
+        return load_dataset(config.dataset or DEFAULT_DATASET, config.data_root, config.preprocess)
+    path = Path(config.data)
+    frame = read_log(path, config.read)
+    return build_dataset(frame, config.preprocess, name=path.name, source=str(path),
+                         header_rows=int(config.read.header))
+
+
+def split_data(config: DataConfig, data: Dataset) -> Split:
+    return make_split(data, config.split, config.valid_time, config.test_time)
