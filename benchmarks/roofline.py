@@ -196,7 +196,7 @@ def main() -> int:
     p.add_argument("--dataset", default="amazon-beauty-bert4rec")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")
     p.add_argument("--baseline", action="store_true",
                    help="also time every batch under the plain schedule (all-thread ops, for-loop AdamW)")

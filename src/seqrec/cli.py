@@ -23,6 +23,7 @@ from seqrec.data.preprocess import Dataset
 from seqrec.datasets import KNOWN, dataset_path
 from seqrec.demo import DEMO_CONFIG
 from seqrec.errors import SeqrecError
+from seqrec.eval.evaluate import EvalConfig
 from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
 from seqrec.recommender import Recommender
@@ -48,6 +49,12 @@ from seqrec.settings import (
 )
 
 ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
+
+
+def _eval_help(name: str) -> str:
+    """An EvalConfig field's help text with its default."""
+    f = next(f for f in fields(EvalConfig) if f.name == name)
+    return f"{f.metadata['help']} (default: {f.default})"
 # flag spellings for fields whose class sets none
 RENAMES: dict[str, str] = {}
 GROUPS = {("model",): "model", ("train",): "training", ("train", "loss"): "loss",
@@ -331,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="train on the bundled MovieLens data and show recommendations")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where to save the demo artifact")
-    p.add_argument("--epochs", type=int, default=DEMO_CONFIG.epochs)
-    p.add_argument("--model", choices=model_names(), default="gru4rec")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--epochs", type=int, default=DEMO_CONFIG.epochs,
+                   help=f"training epochs at most (default: {DEMO_CONFIG.epochs}; early stopping may end sooner)")
+    p.add_argument("--model", choices=model_names(), default="gru4rec", help="the model to train (default: gru4rec)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("train", help="train a model and write an artifact", allow_abbrev=False,
                        description="Train a model on a log and write an artifact. Settings come from the "
@@ -341,22 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="evaluate an artifact by full ranking (or, on request, sampled)")
-    p.add_argument("artifact", type=Path)
-    p.add_argument("--on", choices=("test", "valid"), default="test")
-    p.add_argument("--k", type=_ks, default=(1, 5, 10, 20))
+    p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
+    p.add_argument("--on", choices=("test", "valid"), default="test",
+                   help="the held-out events to rank: each user's test or validation target (default: test)")
+    p.add_argument("--k", type=_ks, default=EvalConfig().ks, help=_eval_help("ks"))
     p.add_argument("--include-seen", action="store_true", help="do not exclude already-seen items")
     p.add_argument("--sampled", choices=("uniform", "popularity"),
                    help="rank against sampled negatives instead of the catalog (labelled 'sampled')")
-    p.add_argument("--negatives", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--negatives", type=int, default=EvalConfig().n_negatives, help=_eval_help("n_negatives"))
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("recommend", help="top-k for a known user or an ad-hoc history")
-    p.add_argument("artifact", type=Path)
+    p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--user", help="a user id from the training data")
     who.add_argument("--history", help="comma-separated item ids, oldest first")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--include-seen", action="store_true")
+    p.add_argument("--k", type=int, default=10, help="how many items to recommend (default: 10)")
+    p.add_argument("--include-seen", action="store_true", help="also recommend items already in the history")
     p.set_defaults(func=cmd_recommend)
     p = sub.add_parser("datasets", help="list bundled and known datasets")
     p.add_argument("--data-root", type=Path, default=Path(data_root_default()),

@@ -65,13 +65,17 @@ class Recommender:
         return self.model, self.dataset
 
     # ---- evaluation -----------------------------------------------------------------------
-    def evaluate(self, on: str | EvalSet = "test", ks: Sequence[int] = (1, 5, 10, 20), exclude_seen: bool = True,
-                 sampled: str | None = None, n_negatives: int = 100) -> dict[str, float]:
+    def evaluate(self, on: str | EvalSet = "test", ks: Sequence[int] | None = None, exclude_seen: bool = True,
+                 sampled: str | None = None, n_negatives: int | None = None) -> dict[str, float]:
+        """Full-ranking metrics on ``on`` (or, with ``sampled``, metrics against sampled negatives);
+        ``ks`` and ``n_negatives`` default to :class:`EvalConfig`'s."""
         model, dataset = self._ready()
         eval_set = self._eval_set(on) if isinstance(on, str) else on
         split = self.split
         counts = np.bincount(split.train.items, minlength=dataset.n_items + 1) if split else None
-        cfg = EvalConfig(tuple(ks), exclude_seen, self.config.eval_batch_size, sampled, n_negatives)
+        default = EvalConfig()
+        cfg = EvalConfig(tuple(ks) if ks is not None else default.ks, exclude_seen, self.config.eval_batch_size,
+                         sampled, n_negatives if n_negatives is not None else default.n_negatives)
         return evaluate(model, eval_set, cfg, counts)
 
     def _eval_set(self, on: str) -> EvalSet:

@@ -17,6 +17,7 @@ from seqrec.eval.tiled import top_and_ranks
 from seqrec.items.tower import ItemTable
 from seqrec.models.base import SequenceModel
 from seqrec.scoring import catalog_scores
+from seqrec.settings import check_fields, setting
 from seqrec.threads import map_on_threads, single_threaded_ops
 
 COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
@@ -24,15 +25,21 @@ COMPARE_TILE = 4096  # catalog columns compared at a time when ranking
 
 @dataclass(frozen=True)
 class EvalConfig:
-    ks: tuple[int, ...] = (1, 5, 10, 20)
-    exclude_seen: bool = True  # items in the user's history are never recommended
-    batch_size: int = 256
-    sampled: str | None = None  # None (full ranking) | "uniform" | "popularity"
-    n_negatives: int = 100
-    seed: int = 0
+    ks: tuple[int, ...] = setting((1, 5, 10, 20), "cut-offs K of the metrics")
+    exclude_seen: bool = setting(True, "never rank items the user already interacted with")
+    batch_size: int = setting(256, "users ranked per batch", low=1)
+    sampled: str | None = setting(None, "rank against sampled negatives instead of the whole catalog (metrics are "
+                                  "labelled sampled_)", choices=(None, "uniform", "popularity"))
+    n_negatives: int = setting(100, "sampled negatives per user (with sampled)", low=1)
+    seed: int = setting(0, "seed of the negative sampler")
     # CPU: batches ranked side by side by this many threads, each op single-threaded (None: torch's
     # thread count). Small ops scale badly across intra-op threads; whole batches do not.
-    workers: int | None = None
+    workers: int | None = setting(None, "threads ranking batches side by side on CPU (default: torch's count)", low=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.ks or min(self.ks) < 1:
+            raise SeqrecError(f"the cut-offs K must be positive integers, got {self.ks}")
 
 
 def seen_pairs(history: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
