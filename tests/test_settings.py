@@ -167,6 +167,8 @@ def settings_paths(cls: type, prefix: tuple[str, ...]) -> list[tuple[tuple[str, 
 def shown(value: Any, names: tuple[str, ...]) -> str:
     if isinstance(value, bool):
         return names[0] if value else names[1]
+    if value == "":
+        return "''"
     return "none" if value is None else str(value)
 
 

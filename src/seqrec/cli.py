@@ -15,9 +15,13 @@ import sys
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
+import pandas as pd
+
+from seqrec import __version__
 from seqrec.data.config import DataConfig, load_data, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.datasets import KNOWN, dataset_path
@@ -47,8 +51,11 @@ from seqrec.settings import (
     type_hints,
     value_at,
 )
+from seqrec.train.checkpoint import checkpoint_epoch
 
 ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
+FORMATS_OUT = ("table", "json", "csv")
+UNREADABLE_WARNING = 0.10  # warn when more than this share of the rows cannot be read
 
 
 def _eval_help(name: str) -> str:
@@ -221,10 +228,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "and [data], keys as the flags below with _ for -; flags given here override it")
     add_run_flags(p, RunConfig(data=DataConfig(data_root=data_root_default())))
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, help="artifact directory to write")
+    g.add_argument("--out", type=Path, help="artifact directory to write (default: a new runs/<model>-<time>)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing artifact in --out")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    g.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs for the test metrics, e.g. 5,10,20")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs for the test metrics (default: 5,10,20)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
+                   "summary, warnings and test metrics are still printed)")
 
 
 def print_dataset(data: Dataset) -> None:
@@ -234,6 +243,11 @@ def print_dataset(data: Dataset) -> None:
     if data.report:
         for line in data.report.lines():
             print(f"  {line}")
+        share = data.report.unreadable_share()
+        if share > UNREADABLE_WARNING:
+            print(f"seqrec: warning: {share:.0%} of the rows were dropped as missing or unparsable (see above); "
+                  "check the column options (--user-col, --item-col, --time-col, --sep, --no-header)",
+                  file=sys.stderr, flush=True)
 
 
 def _epoch_printer(quiet: bool) -> Any:
@@ -251,10 +265,24 @@ def train_run_config(args: argparse.Namespace) -> RunConfig:
     return run_config_from_args(args, run_flags(), base, args.config)
 
 
+def output_dir(args: argparse.Namespace, model: str) -> Path:
+    """``--out``, or a fresh ``runs/<model>-<time>``; an existing artifact is replaced only with --force
+    (or continued with --resume)."""
+    out: Path = args.out or Path("runs") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise SeqrecError(f"{out}: exists and is not a directory; choose another --out")
+    if (out / "config.toml").exists() and not (args.force or args.resume):
+        raise SeqrecError(f"{out}: holds an artifact already; pass --force to overwrite it, or choose another --out")
+    if args.resume:
+        epoch = checkpoint_epoch(out / "checkpoint")
+        print(f"resuming from the checkpoint in {out} after epoch {epoch}" if epoch is not None
+              else f"--resume: no checkpoint in {out}; training from the start", flush=True)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     run = train_run_config(args)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise SeqrecError(f"{args.out}: exists and is not a directory; choose another --out")
+    out = output_dir(args, run.model)
     data = load_data(run.data)
     print_dataset(data)
     split = split_data(run.data, data)
@@ -266,45 +294,122 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = Recommender(run.model, run.train, **run.model_config)
     rec.data_config = to_dict(run.data)
     print(f"training {run.model} ...", flush=True)
-    rec.fit(data, split, out_dir=args.out, resume=args.resume, progress=not args.quiet,
-            on_epoch=_epoch_printer(args.quiet))
+    result = rec.fit(data, split, out_dir=out, resume=args.resume, progress=not args.quiet,
+                     on_epoch=_epoch_printer(args.quiet))
     print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
+    if result.stopped_by_time:
+        print(f"seqrec: note: training stopped after {len(result.history)} epochs: max_seconds "
+              f"({run.train.max_seconds:g} s) was reached", file=sys.stderr)
     results[run.model] = rec.evaluate(ks=args.k)
     rec.info["test_metrics"] = results[run.model]
     rec.info["baseline_test_metrics"] = results.get("popular")
     names = [f"{m}@{k}" for k in args.k for m in ("HR", "NDCG", "MRR")]
     print(f"\ntest metrics (full ranking over {data.n_items:,} items, seen items excluded):")
     print(metrics_table(results, names))
-    if args.out:
-        rec.save(args.out)
-        print(f"\nartifact written to {args.out}")
+    rec.save(out)
+    print(f"\nartifact written to {out}")
     return 0
+
+
+def _metric_order(name: str) -> tuple[str, int]:
+    """HR@5 before HR@10 before HR@20: by metric, then by K as a number."""
+    metric, _, k = name.partition("@")
+    return metric, int(k) if k.isdigit() else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
     metrics = rec.evaluate(on=args.on, ks=args.k, exclude_seen=not args.include_seen,
                            sampled=args.sampled, n_negatives=args.negatives)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return 0
-    label = f"SAMPLED ({args.negatives} {args.sampled} negatives)" if args.sampled else "full ranking"
-    print(f"{rec.model_name} on {args.on} ({label}):")
-    print(table(["metric", "value"], sorted(metrics.items())))
+    ordered = dict(sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(json.dumps(ordered, indent=2))
+    elif fmt == "csv":
+        print(pd.DataFrame({"metric": list(ordered), "value": list(ordered.values())}).to_csv(index=False), end="")
+    else:
+        label = f"SAMPLED ({args.negatives} {args.sampled} negatives)" if args.sampled else "full ranking"
+        print(f"{rec.model_name} on {args.on} ({label}):")
+        print(table(["metric", "value"], list(ordered.items())))
     return 0
+
+
+def _read_user_ids(path: Path) -> list[str]:
+    """User ids, one per line (blank lines skipped)."""
+    try:
+        ids = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError as exc:
+        raise SeqrecError(f"{path}: cannot read the user list ({exc.strerror})") from None
+    ids = [i for i in ids if i]
+    if not ids:
+        raise SeqrecError(f"{path}: no user ids in it; write one id per line")
+    return ids
+
+
+def _recommend_many(rec: Recommender, path: Path, k: int, exclude_seen: bool) -> pd.DataFrame:
+    users = _read_user_ids(path)
+    assert rec.dataset is not None
+    known = rec.dataset.users.to_internal(users, strict=False) >= 0
+    unknown = [u for u, ok in zip(users, known, strict=True) if not ok]
+    if unknown:
+        print(f"seqrec: note: {len(unknown):,} of {len(users):,} users are unknown to the model and were skipped "
+              f"(first: {unknown[0]!r})", file=sys.stderr)
+    if not known.any():
+        raise SeqrecError(f"{path}: none of its users are known to the model; check the ids")
+    return rec.recommend([u for u, ok in zip(users, known, strict=True) if ok], k=k, exclude_seen=exclude_seen)
+
+
+def _recommend_history(rec: Recommender, text: str, k: int, exclude_seen: bool) -> pd.DataFrame:
+    history = [h.strip() for h in text.split(",") if h.strip()]
+    if not history:
+        raise SeqrecError("--history is empty; give item ids separated by commas, oldest first")
+    assert rec.dataset is not None
+    unknown = [h for h, i in zip(history, rec.dataset.items.to_internal(history, strict=False), strict=True) if i < 0]
+    if len(unknown) == len(history):
+        raise SeqrecError("none of the history items are known to the model; check the item ids")
+    if unknown:
+        print(f"seqrec: note: {len(unknown)} of {len(history)} history items are unknown to the model and were "
+              f"skipped: {', '.join(unknown[:10])}", file=sys.stderr)
+    return rec.recommend_history(history, k=k, exclude_seen=exclude_seen)
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Write recommendations by the file's extension: .parquet, .csv or .json (records)."""
+    suffix = path.suffix.lower()
+    writers = {".parquet": lambda: frame.to_parquet(path, index=False),
+               ".csv": lambda: frame.to_csv(path, index=False),
+               ".json": lambda: frame.to_json(path, orient="records", indent=2)}
+    if suffix not in writers:
+        raise SeqrecError(f"--out {path}: write .parquet, .csv or .json")
+    try:
+        writers[suffix]()
+    except OSError as exc:
+        raise SeqrecError(f"--out {path}: cannot write ({exc.strerror})") from None
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
-    if args.user is None and args.history is None:
-        raise SeqrecError("give --user ID or --history ITEM,ITEM,...")
-    if args.user is not None:
-        frame = rec.recommend([args.user], k=args.k, exclude_seen=not args.include_seen)
+    exclude_seen = not args.include_seen
+    if args.users is not None:
+        frame = _recommend_many(rec, args.users, args.k, exclude_seen)
+    elif args.user is not None:
+        frame = rec.recommend([args.user], k=args.k, exclude_seen=exclude_seen)
+    elif args.history is not None:
+        frame = _recommend_history(rec, args.history, args.k, exclude_seen)
     else:
-        history = [h.strip() for h in args.history.split(",") if h.strip()]
-        frame = rec.recommend_history(history, k=args.k, exclude_seen=not args.include_seen)
-    cols = [c for c in ("rank", "item_id", "score", "title") if c in frame]
-    print(table(cols, list(frame[cols].itertuples(index=False))))
+        raise SeqrecError("give --user ID, --users FILE or --history ITEM,ITEM,...")
+    if args.out is not None:
+        write_frame(frame, args.out)
+        print(f"{len(frame):,} recommendations written to {args.out}")
+        return 0
+    if args.format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+    else:
+        cols = [c for c in ("user_id", "rank", "item_id", "score", "title") if c in frame and
+                (c != "user_id" or args.users is not None)]
+        print(table(cols, list(frame[cols].itertuples(index=False))))
     return 0
 
 
@@ -335,6 +440,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="seqrec", description="Sequential recommendation: train, evaluate "
                                      "by full ranking, recommend and serve next-item models.")
+    parser.add_argument("--version", action="version", version=f"seqrec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="train on the bundled MovieLens data and show recommendations")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where to save the demo artifact")
@@ -357,13 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled", choices=("uniform", "popularity"),
                    help="rank against sampled negatives instead of the catalog (labelled 'sampled')")
     p.add_argument("--negatives", type=int, default=EvalConfig().n_negatives, help=_eval_help("n_negatives"))
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("--format", choices=FORMATS_OUT, default="table", help="output format (default: table)")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("recommend", help="top-k for a known user or an ad-hoc history")
     p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--user", help="a user id from the training data")
     who.add_argument("--history", help="comma-separated item ids, oldest first")
+    who.add_argument("--users", type=Path, help="a file of user ids, one per line: recommend for all of them")
+    p.add_argument("--out", type=Path, help="write the recommendations to a .parquet, .csv or .json file")
+    p.add_argument("--format", choices=FORMATS_OUT, default="table", help="output format (default: table)")
     p.add_argument("--k", type=int, default=10, help="how many items to recommend (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="also recommend items already in the history")
     p.set_defaults(func=cmd_recommend)

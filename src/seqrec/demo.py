@@ -39,7 +39,10 @@ def run_demo(out: Path, epochs: int, model: str = "gru4rec", quiet: bool = False
         print(f"  epoch {int(row['epoch']):2d}  loss {row['loss']:.4f}  valid NDCG@10 {row['valid_NDCG@10']:.4f}"
               f"  ({row['seconds']:.1f}s)", flush=True)
 
-    rec.fit(data, split, progress=not quiet, on_epoch=show)
+    result = rec.fit(data, split, progress=not quiet, on_epoch=show)
+    if result.stopped_by_time:
+        print(f"  (stopped after {len(result.history)} of {epochs} epochs: the demo caps training at "
+              f"{cfg.max_seconds:g} s so that it ends in about three minutes on a busy machine)")
     ks = (5, 10, 20)
     results = {"popular": base.evaluate(ks=ks), model: rec.evaluate(ks=ks)}
     rec.info["test_metrics"] = results[model]

@@ -28,16 +28,17 @@ Check = Callable[[str, Any], None]  # (name, value) -> None, raises SeqrecError 
 
 def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None, low: float | None = None,
             flag: str | None = None, *, above: float | None = None, high: float | None = None,
-            check: Check | None = None) -> Any:
+            check: Check | None = None, parse: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field with its help text and validation.
 
     ``choices`` restricts the value; ``low`` / ``above`` bound a number from below (inclusive /
     exclusive), ``high`` from above (inclusive); None values pass the bounds. ``check(name, value)``
     is any other test. ``flag`` renames the command-line flag (``"negatives"`` gives
     ``--negatives``); for a switch, ``"on/off"`` names both spellings (default ``--x/--no-x``).
+    ``parse`` turns the flag's text into the value (default: by the field's type).
     """
     meta = {"help": help, "choices": choices, "low": low, "flag": flag, "above": above, "high": high,
-            "check": check}
+            "check": check, "parse": parse}
     return field(default=default, metadata=meta)
 
 
@@ -384,8 +385,8 @@ def add_flag(group: Any, flag: Flag, help: str) -> None:
     base = next((o for o in _options(flag.hint) if o is not type(None)), str)
     metavar = ("{" + ",".join(str(c) for c in choices if c is not None) + "}" if choices
                else flag.name.lstrip("-").replace("-", "_").upper())
-    group.add_argument(flag.name, dest=flag.dest, type=base if base in (int, float) else str,
-                       default=argparse.SUPPRESS, metavar=metavar, help=text)
+    parse = flag.field.metadata.get("parse") or (base if base in (int, float) else str)
+    group.add_argument(flag.name, dest=flag.dest, type=parse, default=argparse.SUPPRESS, metavar=metavar, help=text)
 
 
 def flag_help(flag: Flag, default: Any) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from seqrec.data.io import ReadOptions, read_log
@@ -14,6 +16,22 @@ from seqrec.settings import check_choice, check_fields, setting
 
 DEFAULT_DATASET = "movielens-latest-small"
 SPLITS = ("leave-one-out", "temporal")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ``text``: a number, or an ISO 8601 date or date-time (UTC when no zone is given)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither unix seconds nor an ISO date such as 2018-06-01"
+                                         ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def check_dataset(name: str, value: str | None) -> None:
@@ -33,8 +51,11 @@ class DataConfig:
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     split: str = setting("leave-one-out", "leave-one-out (each user's last event is the test target, the one "
                          "before it the validation target) or temporal (global time cut-offs)", choices=SPLITS)
-    valid_time: float | None = setting(None, "temporal split: validation cut-off, unix seconds")
-    test_time: float | None = setting(None, "temporal split: test cut-off, unix seconds")
+    valid_time: float | None = setting(None, "temporal split: validation cut-off, unix seconds or an ISO date "
+                                       "(2018-06-01, 2018-06-01T12:00:00+02:00; UTC when no zone)",
+                                       parse=parse_time)
+    test_time: float | None = setting(None, "temporal split: test cut-off, unix seconds or an ISO date",
+                                      parse=parse_time)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -18,6 +18,7 @@ from seqrec.errors import DataError
 from seqrec.settings import check_fields, setting
 
 FORMATS: tuple[str, ...] = ("auto", "csv", "parquet", "movielens", "inter", "user-per-line")
+DEFAULT_TIME_COL = "timestamp"  # used when the file has it and no time column is named
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class ReadOptions:
     header: bool = setting(True, "the file's first line names its columns (off: columns are named 0, 1, ...)")
     user_col: str = setting("user_id", "column holding the user ids")
     item_col: str = setting("item_id", "column holding the item ids")
-    # None (Python) is taken as "": no time column
-    time_col: str | None = setting("timestamp", "column holding event times; when empty or absent from the "
-                                   "file, file order stands for time")
+    # None (Python) is taken as "": look for a column named timestamp
+    time_col: str | None = setting("", f"column holding event times, which must exist when given; '' means: a "
+                                   f"column named {DEFAULT_TIME_COL!r} when the file has one, else file order stands "
+                                   "for time")
     rating_col: str | None = setting(None, "column holding ratings (none: no ratings)")
 
     def __post_init__(self) -> None:
@@ -176,6 +178,16 @@ def _read_user_per_line(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"user": np.repeat(np.array(users, dtype=object), counts), "item": items})
 
 
+def _no_header_hint(columns: list[str], opts: ReadOptions) -> str:
+    """A hint when the 'column names' look like data: the file probably has no header line."""
+    if not opts.header:
+        return ""
+    numeric = sum(1 for c in columns if c.strip().lstrip("+-").replace(".", "", 1).isdigit())
+    if numeric >= max(1, len(columns) // 2):
+        return "; the first line looks like data, not names: if the file has no header, add --no-header"
+    return ""
+
+
 def _select(frame: pd.DataFrame, opts: ReadOptions, path: Path) -> pd.DataFrame:
     """Pick and rename the chosen columns; a missing required column is a clear error."""
     columns = [str(c) for c in frame.columns]
@@ -183,13 +195,15 @@ def _select(frame: pd.DataFrame, opts: ReadOptions, path: Path) -> pd.DataFrame:
     wanted = {"user": opts.user_col, "item": opts.item_col}
     for role, name in wanted.items():
         if name not in columns:
-            raise DataError(
-                f"{path}: no column {name!r} for {role} ids (columns: {', '.join(columns[:12])}); "
-                f"set --{role}-col"
-            )
+            raise DataError(f"{path}: no column {name!r} for {role} ids (columns: {', '.join(columns[:12])}); "
+                            f"set --{role}-col{_no_header_hint(columns, opts)}")
     out = pd.DataFrame({"user": frame[opts.user_col].to_numpy(), "item": frame[opts.item_col].to_numpy()})
-    if opts.time_col and opts.time_col in columns:
-        out["time"] = frame[opts.time_col].to_numpy()
+    if opts.time_col and opts.time_col not in columns:
+        raise DataError(f"{path}: no time column {opts.time_col!r} (columns: {', '.join(columns[:12])}); "
+                        "set --time-col to one of them, or leave it out to use file order")
+    time_col = opts.time_col or (DEFAULT_TIME_COL if DEFAULT_TIME_COL in columns else "")
+    if time_col:
+        out["time"] = frame[time_col].to_numpy()
     if opts.rating_col:
         if opts.rating_col not in columns:
             raise DataError(f"{path}: no rating column {opts.rating_col!r}; set --rating-col")

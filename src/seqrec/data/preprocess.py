@@ -3,6 +3,7 @@ deduplicate, k-core, map ids, and order each user's events by time (stable)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,11 @@ class PreprocessReport:
             out.append(f"dropped {n:,} rows: {reason}{hint}")
         out.append(f"rows kept: {self.rows_kept:,}")
         return out
+
+    def unreadable_share(self) -> float:
+        """Share of the rows read that were dropped as missing or unparsable (not by a filter asked for)."""
+        bad = sum(n for reason, n in self.dropped.items() if reason.startswith("missing or unparsable"))
+        return bad / self.rows_read if self.rows_read else 0.0
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,9 @@ def _parse_ids(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def _parse_time(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     nums = pd.to_numeric(col, errors="coerce")
     if nums.notna().mean() < 0.5:  # not numbers: try dates
-        dates = pd.to_datetime(col, errors="coerce", utc=True)
+        with warnings.catch_warnings():  # pandas' "could not infer format" is noise here: bad rows are reported
+            warnings.simplefilter("ignore", UserWarning)
+            dates = pd.to_datetime(col, errors="coerce", utc=True)
         ok = dates.notna().to_numpy()
         secs = (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
         return secs.fillna(0).to_numpy(dtype=np.float64), ok
@@ -128,6 +136,10 @@ def _clean(frame: pd.DataFrame, report: PreprocessReport, opts: PreprocessOption
         parsers.append(("rating", _parse_float))
     for name, parse in parsers:
         values, ok = parse(frame[name])
+        if name == "time" and len(ok) and not ok.any():
+            raise DataError(f"{source}: no value of the time column could be read as a number or a date (e.g. "
+                            f"{_example(frame, ~ok, name, header_rows)}); choose another --time-col, or leave it "
+                            "out to use file order")
         bad = ~ok & keep
         if bad.any():
             example = _example(frame, bad, name, header_rows)

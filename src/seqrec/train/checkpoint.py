@@ -70,3 +70,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ArtifactError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from exc
     return best, meta["loop"]
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The last epoch (1-based) a checkpoint in ``path`` holds, or None when there is none to resume."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        return int(meta["loop"]["epoch"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

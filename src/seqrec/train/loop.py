@@ -31,6 +31,7 @@ class FitResult:
     best_epoch: int = 0
     best_metric: float = float("-inf")
     seconds: float = 0.0
+    stopped_by_time: bool = False  # max_seconds ended training before its epochs or patience did
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -148,7 +149,10 @@ class Trainer:
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
-            if bad >= cfg.patience or (cfg.max_seconds is not None and result.seconds >= cfg.max_seconds):
+            if bad >= cfg.patience:
+                break
+            if cfg.max_seconds is not None and result.seconds >= cfg.max_seconds:
+                result.stopped_by_time = True
                 break
             t0 = time.perf_counter()
             loss = self._epoch(batches, opt, epoch, total_steps)
