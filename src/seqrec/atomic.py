@@ -1,9 +1,15 @@
-"""Write a directory atomically: build it beside the target, then rename it into place."""
+"""Write a directory atomically: build it beside the target, then rename it into place.
+
+The directory is private: ``tempfile.mkdtemp`` creates it 0700, :func:`write_private` and
+:func:`create_private` create files 0600, and before the rename every entry is made so (files 0600,
+folders 0700), whoever wrote it; a rename keeps modes, so the target is private from its first moment.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,24 +17,61 @@ from pathlib import Path
 
 from seqrec.errors import SeqrecError
 
+FILE_MODE, DIR_MODE = 0o600, 0o700
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``final``; on success it replaces ``final``,
+    """Yield a fresh private temporary directory beside ``final``; on success it replaces ``final``,
     on any failure it is removed, so nothing half-written is ever left behind."""
     if final.exists() and not final.is_dir():
         raise SeqrecError(f"{final}: exists and is not a directory; choose another output path")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's mode already; said here so that it cannot silently change
     except OSError as exc:
         raise SeqrecError(f"{final}: cannot create the output directory ({exc.strerror})") from exc
     try:
         yield tmp
+        make_private(tmp)
         commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def create_private(path: Path) -> None:
+    """Create the empty file ``path`` with mode 0600 (failing if anything is there already)."""
+    os.close(_open_private(path))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create the file ``path`` with mode 0600 and write ``data`` to it."""
+    fd = _open_private(path)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _open_private(path: Path) -> int:
+    fd = os.open(path, _CREATE, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask took away
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private(root: Path) -> None:
+    """Files under ``root`` 0600, folders 0700 (``root`` included); links are left alone, not followed."""
+    for folder, _dirs, files in os.walk(root):  # not into linked folders
+        os.chmod(folder, DIR_MODE)
+        for name in files:
+            entry = os.path.join(folder, name)
+            if stat.S_ISREG(os.lstat(entry).st_mode):
+                os.chmod(entry, FILE_MODE)
 
 
 def commit_dir(tmp: Path, final: Path) -> None:

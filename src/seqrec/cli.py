@@ -14,7 +14,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -22,14 +22,19 @@ from typing import Any, NoReturn, cast
 import pandas as pd
 
 from seqrec import __version__
-from seqrec.data.config import DataConfig, load_data, split_data
+from seqrec.data.config import DataConfig, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.datasets import KNOWN, dataset_path
 from seqrec.demo import DEMO_CONFIG
 from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import EvalConfig
+from seqrec.export import add_parser as add_export_parser
+from seqrec.items.features import prepare_tower
+from seqrec.items.transfer import transfer_hook
 from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
+from seqrec.privacy import commands as privacy_commands
+from seqrec.privacy.ids import ENV_KEY, pseudonym
 from seqrec.recommender import Recommender
 from seqrec.report import metrics_table, table
 from seqrec.runconfig import RunConfig, not_applicable, run_config_from_dict, setting_names, size_keys
@@ -52,8 +57,10 @@ from seqrec.settings import (
     value_at,
 )
 from seqrec.train.checkpoint import checkpoint_epoch
+from seqrec.train.config import PrivacyConfig
 
 ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
+ENV_PSEUDONYM_KEY = ENV_KEY  # the pseudonymisation key, when no --pseudonymise-users KEYFILE is given
 FORMATS_OUT = ("table", "json", "csv")
 UNREADABLE_WARNING = 0.10  # warn when more than this share of the rows cannot be read
 
@@ -65,6 +72,7 @@ def _eval_help(name: str) -> str:
 # flag spellings for fields whose class sets none
 RENAMES: dict[str, str] = {}
 GROUPS = {("model",): "model", ("train",): "training", ("train", "loss"): "loss",
+          ("train", "privacy"): "differential privacy (docs/privacy.md)",
           ("data",): "data", ("data", "read"): "reading a --data file", ("data", "preprocess"): "cleaning the log"}
 
 
@@ -234,6 +242,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs for the test metrics (default: 5,10,20)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
                    "summary, warnings and test metrics are still printed)")
+    privacy_commands.add_train_args(p)
 
 
 def print_dataset(data: Dataset) -> None:
@@ -255,7 +264,8 @@ def _epoch_printer(quiet: bool) -> Any:
         if not quiet:
             print(f"  epoch {int(row['epoch']):3d}  loss {row['loss']:.4f}  valid NDCG@10 "
                   f"{row.get('valid_NDCG@10', float('nan')):.4f}  HR@10 {row.get('valid_HR@10', float('nan')):.4f}"
-                  f"  {row['seconds']:.1f}s", flush=True)
+                  + (f"  epsilon {row['epsilon']:.3f}" if "epsilon" in row else "")
+                  + f"  {row['seconds']:.1f}s", flush=True)
     return show
 
 
@@ -283,15 +293,22 @@ def output_dir(args: argparse.Namespace, model: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     run = train_run_config(args)
     out = output_dir(args, run.model)
-    data = load_data(run.data)
+    ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
+    data, dropped = privacy_commands.load_training_data(run.data, ingest)
+    tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
     print_dataset(data)
     split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}
     if run.model != "popular":
-        baseline = Recommender("popular", run.train, max_len=run.model_config["max_len"])
+        # the baseline is a comparison printed here, not part of the artifact: never private
+        baseline = Recommender("popular", replace(run.train, privacy=PrivacyConfig()),
+                               max_len=run.model_config["max_len"])
         baseline.fit(data, split, progress=False)
         results["popular"] = baseline.evaluate(ks=args.k)
     rec = Recommender(run.model, run.train, **run.model_config)
+    rec.tower_inputs = tower
+    if run.data.transfer.init_from is not None:
+        rec.prepare_model = transfer_hook(run.model, run.data.transfer.init_from, run.data.transfer.freeze)
     rec.data_config = to_dict(run.data)
     print(f"training {run.model} ...", flush=True)
     result = rec.fit(data, split, out_dir=out, resume=args.resume, progress=not args.quiet,
@@ -303,6 +320,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     results[run.model] = rec.evaluate(ks=args.k)
     rec.info["test_metrics"] = results[run.model]
     rec.info["baseline_test_metrics"] = results.get("popular")
+    if ingest.active:
+        histories = ingest.key is None or args.keep_histories
+        privacy_commands.record(rec.info, ingest, dropped, histories)
+        if not histories:
+            assert rec.dataset is not None
+            rec.dataset = privacy_commands.no_histories(rec.dataset)
     names = [f"{m}@{k}" for k in args.k for m in ("HR", "NDCG", "MRR")]
     print(f"\ntest metrics (full ranking over {data.n_items:,} items, seen items excluded):")
     print(metrics_table(results, names))
@@ -319,6 +342,9 @@ def _metric_order(name: str) -> tuple[str, int]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
+    if rec.info.get("histories") is False:
+        raise SeqrecError(f"{args.artifact}: written without per-user histories (pseudonymised users), so there is "
+                          "nothing to evaluate on; its test metrics are in info.json")
     metrics = rec.evaluate(on=args.on, ks=args.k, exclude_seen=not args.include_seen,
                            sampled=args.sampled, n_negatives=args.negatives)
     ordered = dict(sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
@@ -346,17 +372,24 @@ def _read_user_ids(path: Path) -> list[str]:
     return ids
 
 
-def _recommend_many(rec: Recommender, path: Path, k: int, exclude_seen: bool) -> pd.DataFrame:
+def _recommend_many(rec: Recommender, path: Path, k: int, exclude_seen: bool, key: bytes | None = None
+                    ) -> pd.DataFrame:
     users = _read_user_ids(path)
     assert rec.dataset is not None
+    asked = users
+    if key is not None:  # a pseudonymised artifact: look the ids up by pseudonym, answer with the ids asked for
+        users = [pseudonym(key, u) for u in asked]
     known = rec.dataset.users.to_internal(users, strict=False) >= 0
-    unknown = [u for u, ok in zip(users, known, strict=True) if not ok]
+    unknown = [u for u, ok in zip(asked, known, strict=True) if not ok]
     if unknown:
         print(f"seqrec: note: {len(unknown):,} of {len(users):,} users are unknown to the model and were skipped "
               f"(first: {unknown[0]!r})", file=sys.stderr)
     if not known.any():
         raise SeqrecError(f"{path}: none of its users are known to the model; check the ids")
-    return rec.recommend([u for u, ok in zip(users, known, strict=True) if ok], k=k, exclude_seen=exclude_seen)
+    frame = rec.recommend([u for u, ok in zip(users, known, strict=True) if ok], k=k, exclude_seen=exclude_seen)
+    if key is not None:
+        frame["user_id"] = frame["user_id"].map(dict(zip(users, asked, strict=True)))
+    return frame
 
 
 def _recommend_history(rec: Recommender, text: str, k: int, exclude_seen: bool) -> pd.DataFrame:
@@ -391,9 +424,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
     exclude_seen = not args.include_seen
     if args.users is not None:
-        frame = _recommend_many(rec, args.users, args.k, exclude_seen)
+        frame = _recommend_many(rec, args.users, args.k, exclude_seen,
+                                privacy_commands.key_from(args, os.environ.get(ENV_PSEUDONYM_KEY)))
     elif args.user is not None:
-        frame = rec.recommend([args.user], k=args.k, exclude_seen=exclude_seen)
+        key = privacy_commands.key_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
+        frame = rec.recommend([args.user if key is None else pseudonym(key, args.user)], k=args.k,
+                              exclude_seen=exclude_seen)
+        frame["user_id"] = args.user  # the id asked for, never its pseudonym
+    elif args.history is not None and args.new_items is not None:
+        from seqrec.items.new_items import recommend_new
+
+        model, dataset = rec._ready()
+        frame = recommend_new(model, dataset.items, [h.strip() for h in args.history.split(",") if h.strip()],
+                              args.new_items, args.k, exclude_seen, data_config=rec.data_config)
     elif args.history is not None:
         frame = _recommend_history(rec, args.history, args.k, exclude_seen)
     else:
@@ -411,6 +454,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                 (c != "user_id" or args.users is not None)]
         print(table(cols, list(frame[cols].itertuples(index=False))))
     return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """`seqrec train --config ARTIFACT/config.toml` with the given exclusions and key, written over
+    ARTIFACT (or to --out): the artifact's own run settings and seed, without those users."""
+    config = args.artifact / "config.toml"
+    if not config.is_file():
+        raise SeqrecError(f"{args.artifact}: no artifact here (no config.toml); give an artifact directory")
+    argv = ["train", "--config", str(config), "--out", str(args.out or args.artifact), "--force"]
+    for flag, value in (("--exclude-users", args.exclude_users), ("--pseudonymise-users", args.pseudonymise_users)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--quiet"] * args.quiet + ["--keep-histories"] * args.keep_histories
+    return cmd_train(parse(build_parser(), argv))
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -472,11 +528,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a user id from the training data")
     who.add_argument("--history", help="comma-separated item ids, oldest first")
     who.add_argument("--users", type=Path, help="a file of user ids, one per line: recommend for all of them")
+    p.add_argument("--new-items", type=Path, help="with --history: items added after training (their feature "
+                   "and text columns), scored beside the catalog; needs an artifact with features or text")
     p.add_argument("--out", type=Path, help="write the recommendations to a .parquet, .csv or .json file")
     p.add_argument("--format", choices=FORMATS_OUT, default="table", help="output format (default: table)")
     p.add_argument("--k", type=int, default=10, help="how many items to recommend (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="also recommend items already in the history")
+    privacy_commands.add_key_arg(p, "the artifact's pseudonymisation key: --user is a raw id, mapped with it")
     p.set_defaults(func=cmd_recommend)
+    privacy_commands.add_forget_parser(sub).set_defaults(
+        func=lambda a: privacy_commands.cmd_forget(a, os.environ.get(ENV_PSEUDONYM_KEY)))
+    p = sub.add_parser("retrain", help="train an artifact's run again, without some users (exact unlearning)")
+    p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
+    p.add_argument("--out", type=Path, help="where to write the new artifact (default: replace ARTIFACT)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+    privacy_commands.add_train_args(p)
+    p.set_defaults(func=cmd_retrain)
     p = sub.add_parser("datasets", help="list bundled and known datasets")
     p.add_argument("--data-root", type=Path, default=Path(data_root_default()),
                    help=f"folder holding the known datasets (default: ${ENV_DATA_ROOT} or {DataConfig().data_root})")
@@ -486,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="PNG path (default: RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
     add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+    add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 

@@ -17,6 +17,7 @@ from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet, Split, make_split
 from seqrec.errors import ArtifactError, SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate, score_histories
+from seqrec.items.features import TowerInputs, build_with_tower
 from seqrec.models.base import SequenceModel
 from seqrec.models.registry import build_model, make_config
 from seqrec.settings import from_dict, to_dict
@@ -41,6 +42,8 @@ class Recommender:
         self.split: Split | None = None
         self.info: dict[str, Any] = {}
         self.data_config: dict[str, Any] | None = None  # how the data was read (the CLI sets it; saved)
+        self.tower_inputs: TowerInputs | None = None  # item features/text (seqrec.items.features.prepare_tower)
+        self.prepare_model: Callable[[SequenceModel], None] | None = None  # e.g. --init-from (items.transfer)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, dataset: Dataset, split: Split | None = None, out_dir: str | Path | None = None,
@@ -49,14 +52,20 @@ class Recommender:
         self.dataset = dataset
         self.split = split or make_split(dataset)
         torch.manual_seed(self.config.seed)
-        self.model = build_model(self.model_name, make_config(self.model_name, n_items=dataset.n_items,
-                                                              **self.model_params))
+        model_config = make_config(self.model_name, n_items=dataset.n_items, **self.model_params)
+        tower = self.tower_inputs
+        self.model = (build_model(self.model_name, model_config) if tower is None else
+                      build_with_tower(self.model_name, model_config, tower.spec, tower.features, tower.text))
+        if self.prepare_model is not None:
+            self.prepare_model(self.model)
         t0 = time.perf_counter()
         result = fit(self.model, self.split, self.config, Path(out_dir) if out_dir else None, resume,
                      progress, on_epoch)
         self.info.update(split=self.split.kind, valid_time=self.split.valid_time, test_time=self.split.test_time,
                          history=result.history, best_epoch=result.best_epoch, best_valid=result.best_metric,
                          train_seconds=time.perf_counter() - t0, n_parameters=self.model.n_parameters())
+        if result.privacy:  # DP-SGD: noise multiplier, sampling rate, epsilon spent, accountant history
+            self.info["privacy"] = result.privacy
         return result
 
     def _ready(self) -> tuple[SequenceModel, Dataset]:

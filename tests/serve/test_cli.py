@@ -31,8 +31,8 @@ def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 def test_defaults_bind_loopback_and_read_the_key_from_the_env(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", str(tmp_path)])
-    cfg = settings_from_args(args, {"SEQREC_API_KEY": "k"})
-    assert (cfg.host, cfg.port, cfg.store, cfg.api_key) == ("127.0.0.1", 8000, "sqlite:///seqrec-serve.db", "k")
+    cfg = settings_from_args(args, {"SEQREC_API_KEY": "k" * 16})
+    assert (cfg.host, cfg.port, cfg.store, cfg.api_key) == ("127.0.0.1", 8000, "sqlite:///seqrec-serve.db", "k" * 16)
     assert cfg.history_cap == 200 and not cfg.read_requires_key and cfg.torch_threads >= 1
     args = build_parser().parse_args(["serve", str(tmp_path), "--store", "redis://127.0.0.1:6379/2",
                                       "--history-cap", "50", "--read-requires-key", "--port", "9000"])
@@ -45,9 +45,9 @@ def test_worker_processes_rebuild_the_same_settings_with_the_key_outside_the_jso
     args = build_parser().parse_args(["serve", str(tmp_path), "--workers", "2", "--history-cap", "7",
                                       "--gil-switch-ms", "0.5", "--read-requires-key",
                                       "--store", "redis://127.0.0.1:6379/1"])
-    cfg = settings_from_args(args, {"SEQREC_API_KEY": "secret-key"})
+    cfg = settings_from_args(args, {"SEQREC_API_KEY": "secret-key-0123456789"})
     env = settings_to_environment(cfg)
-    assert "secret-key" not in env["SEQREC_SERVE_SETTINGS"] and env["SEQREC_API_KEY"] == "secret-key"
+    assert "secret-key" not in env["SEQREC_SERVE_SETTINGS"] and env["SEQREC_API_KEY"] == "secret-key-0123456789"
     assert settings_from_environment(env) == cfg and (cfg.workers, cfg.gil_switch_ms) == (2, 0.5)
     keyless = settings_from_args(args, {})
     assert settings_from_environment(settings_to_environment(keyless)).api_key is None

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-KEY = "durability-key"
+KEY = "durability-key-0123456789"
 
 
 def start(artifact: Path, port: int, db: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -63,9 +63,9 @@ def test_a_server_without_a_key_refuses_every_write(make_client: MakeClient, aut
 
 def test_the_key_file_and_env_var_feed_the_key(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
-    key_file.write_text("from-file\n")
-    assert read_api_key(key_file, {"SEQREC_API_KEY": "from-env"}) == "from-file"
-    assert read_api_key(None, {"SEQREC_API_KEY": " from-env "}) == "from-env"
+    key_file.write_text("from-file-0123456789\n")
+    assert read_api_key(key_file, {"SEQREC_API_KEY": "from-env-0123456789"}) == "from-file-0123456789"
+    assert read_api_key(None, {"SEQREC_API_KEY": " from-env-0123456789 "}) == "from-env-0123456789"
     assert read_api_key(None, {}) is None
     key_file.write_text("  \n")
     with pytest.raises(SeqrecError, match="is empty"):

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from seqrec.data.features import ItemFeaturesConfig
 from seqrec.data.io import ReadOptions, read_log
 from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
 from seqrec.data.split import Split, make_split
 from seqrec.datasets import KNOWN, load_dataset
 from seqrec.errors import SeqrecError
+from seqrec.items.transfer import TransferConfig
 from seqrec.settings import check_choice, check_fields, setting
 
 DEFAULT_DATASET = "movielens-latest-small"
@@ -49,6 +51,8 @@ class DataConfig:
                              "$SEQREC_DATA_ROOT when set)")
     read: ReadOptions = field(default_factory=ReadOptions)
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+    items: ItemFeaturesConfig = field(default_factory=ItemFeaturesConfig)  # item attributes, text, tower mode
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # --init-from ARTIFACT, --freeze encoder
     split: str = setting("leave-one-out", "leave-one-out (each user's last event is the test target, the one "
                          "before it the validation target) or temporal (global time cut-offs)", choices=SPLITS)
     valid_time: float | None = setting(None, "temporal split: validation cut-off, unix seconds or an ISO date "

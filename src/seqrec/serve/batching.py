@@ -7,6 +7,9 @@ once per request. One scoring worker also keeps torch on one core, leaving the o
 
 The batch function returns one result per request, in order; a result that is an exception
 fails only its own request. If the function raises, every request of the batch fails.
+
+A request whose future was cancelled before the worker took it (its client went away) is dropped
+unprocessed: ``processed`` counts the requests handed to the function, ``dropped`` those skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class MicroBatcher(Generic[Req, Res]):
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
+        # Written by the worker thread only; other threads just read them.
+        self.processed = 0  # requests handed to the batch function
+        self.dropped = 0  # requests cancelled before the worker took them, never processed
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -75,6 +81,8 @@ class MicroBatcher(Generic[Req, Res]):
             # A caller that gave up (a client that disconnected) cancelled its future: skip it.
             # Setting a result on a cancelled future would raise and kill this thread.
             batch = [(req, fut) for req, fut in taken if fut.set_running_or_notify_cancel()]
+            self.dropped += len(taken) - len(batch)
+            self.processed += len(batch)
             if not batch:
                 continue
             if self._on_batch is not None:

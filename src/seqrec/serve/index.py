@@ -7,21 +7,25 @@ evaluation uses (and through it :mod:`seqrec.scoring`), so served scores are the
 
 from __future__ import annotations
 
-import hashlib
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from seqrec.artifact import Artifact
+from seqrec.data.batch import eval_inputs, eval_widths
 from seqrec.data.ids import IdMap
 from seqrec.data.sequences import Sequences
 from seqrec.errors import ArtifactError
-from seqrec.eval.evaluate import score_histories
+from seqrec.eval.evaluate import encode_rows, score_histories
 from seqrec.eval.tiled import tile_top
+from seqrec.scoring import catalog_scores
+from seqrec.serve.ann import ApproxIndex, build_index
 
 ExternalId = int | str
 _INT_TEXT = re.compile(r"[+-]?\d{1,18}")  # fits int64; longer digit strings stay text and match nothing
@@ -75,17 +79,15 @@ class Ranked:
     scores: np.ndarray  # (<= k,) float32
 
 
-def model_version(artifact_dir: Path, model_name: str) -> str:
-    """``<model>-<first 16 hex of sha256(model.safetensors)>``: changes whenever the weights do."""
-    digest = hashlib.sha256()
-    with open(artifact_dir / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{model_name}-{digest.hexdigest()[:16]}"
+def model_version(artifact: Artifact) -> str:
+    """``<model>-<first 16 hex of sha256(model.safetensors)>``: changes whenever the weights do. The digest
+    is the one checked when the artifact was loaded, so the file is not read again."""
+    return f"{artifact.model_name}-{artifact.digests['model.safetensors'][:16]}"
 
 
 class ServedModel:
-    def __init__(self, artifact: Artifact, version: str) -> None:
+    def __init__(self, artifact: Artifact, version: str, index_mode: str = "exact", backend: str = "torch",
+                 threads: int = 1) -> None:
         self.model = artifact.model.eval()
         self.model_name = artifact.model_name
         self.version = version
@@ -98,6 +100,16 @@ class ServedModel:
             emb = self.model.item_table().weight.detach().float()  # (N + 1, D)
             self._unit = F.normalize(emb, dim=1)  # rows of zeros stay zeros: cosine 0
         self._check(int(emb.shape[0]) - 1)
+        self.ann: ApproxIndex | None = None
+        if index_mode != "exact":
+            with torch.inference_mode():
+                table = self.model.item_table()
+                weight = table.weight.detach().float().cpu().numpy()
+                bias = None if table.bias is None else table.bias.detach().float().cpu().numpy()
+            self.ann = build_index(weight, bias, index_mode)
+        self.index_kind = "exact" if self.ann is None else self.ann.kind
+        self.backend = backend
+        self._session = onnx_session(self.model, self.model_name, threads) if backend == "onnxruntime" else None
 
     def _check(self, n_model: int) -> None:
         """Catch artifacts whose parts disagree at start-up, not as a 500 on some later request."""
@@ -133,8 +145,13 @@ class ServedModel:
         """Top-k for many histories with one forward pass (the micro-batcher calls this)."""
         lengths = np.array([len(r.history) for r in requests], dtype=np.int64)
         seqs = Sequences.from_lengths(lengths, np.concatenate([r.history for r in requests]))
+        if self.ann is not None:
+            return self._score_approx(seqs, requests)
         with torch.inference_mode():
-            scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False)  # (R, N + 1)
+            if self._session is None:
+                scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False)  # (R, N + 1)
+            else:
+                scores = catalog_scores(self._encode(seqs), self.model.item_table()).float()
             for row, r in enumerate(requests):
                 # The same masking as mask_seen(), per row, since each request chooses its own.
                 if r.exclude_seen:
@@ -145,6 +162,31 @@ class ServedModel:
         values, indices = top_values.cpu().numpy(), top_indices.cpu().numpy()
         return [_finite(indices[row, : r.k], values[row, : r.k]) for row, r in enumerate(requests)]
 
+    def _score_approx(self, seqs: Sequences, requests: list[ScoreRequest]) -> list[Ranked]:
+        assert self.ann is not None
+        with torch.inference_mode():
+            query = self._encode(seqs).float().cpu().numpy()
+        excluded = [np.concatenate([r.history, r.banned]) if r.exclude_seen else r.banned for r in requests]
+        found = self.ann.search(query, max(r.k for r in requests), excluded)
+        return [_finite(found.items[row][: r.k], found.scores[row][: r.k]) for row, r in enumerate(requests)]
+
+    def _encode(self, seqs: Sequences) -> torch.Tensor:
+        """(R, D) queries of every row of ``seqs``: torch, or the exported graph in onnxruntime (rows grouped by
+        the same input widths as offline encoding)."""
+        rows = np.arange(seqs.n_users)
+        if self._session is None:
+            return encode_rows(self.model, seqs, rows)
+        widths = eval_widths(seqs, int(self.model.config.max_len), rows)
+        out: np.ndarray | None = None
+        for width in np.unique(widths):
+            sel = np.flatnonzero(widths == width)
+            query = self._session.run(None, {"items": eval_inputs(seqs, int(width), rows[sel]).numpy()})[0]
+            if out is None:
+                out = np.empty((len(rows), query.shape[1]), dtype=np.float32)
+            out[sel] = query
+        assert out is not None
+        return torch.from_numpy(out).to(self.model.device)
+
     def similar(self, item: int, k: int) -> Ranked:
         """Nearest items to an internal item by cosine of the output embeddings."""
         with torch.inference_mode():
@@ -153,6 +195,26 @@ class ServedModel:
             sims[item] = float("-inf")  # the item itself
             top = torch.topk(sims, k)
         return _finite(top.indices.cpu().numpy(), top.values.cpu().numpy())
+
+
+def onnx_session(model: torch.nn.Module, name: str, threads: int) -> Any:
+    """The model's encoder exported to ONNX (as `seqrec export` writes it) in an onnxruntime session."""
+    try:
+        import onnxruntime as ort
+
+        from seqrec.export import encoder_module, export_module, sample_histories
+    except ImportError as exc:
+        raise ArtifactError(f"--backend onnxruntime needs {exc.name}: pip install 'seqrec[onnx]'") from None
+    module = encoder_module(model.cpu())
+    config: Any = getattr(model, "config", None)
+    n_items, max_len = int(config.n_items), int(config.max_len)
+    with tempfile.TemporaryDirectory(prefix="seqrec-onnx-") as tmp:
+        path = Path(tmp) / "encoder.onnx"
+        export_module(module, sample_histories(n_items, max_len)[2], path, name)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
 
 def _finite(items: np.ndarray, scores: np.ndarray) -> Ranked:

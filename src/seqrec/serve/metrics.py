@@ -1,98 +1,136 @@
-"""Prometheus metrics in the text exposition format, written by hand (no extra dependency).
+"""Prometheus metrics through ``prometheus_client``, in its multiprocess mode under ``--workers N``.
 
 Labels are route templates (``/v1/users/{user_id}/recommendations``), never concrete paths,
 so user ids never reach the metrics and the number of series stays fixed.
+
+With several workers, ``seqrec serve`` sets ``$PROMETHEUS_MULTIPROC_DIR`` (see :func:`use_multiprocess_dir`)
+before anything imports ``prometheus_client``: every worker writes its counters and histograms to files
+there, and a scrape of any worker reads them all, each series labelled with its ``worker`` (pid).
+``seqrec_model_info`` is the answering worker's own line (it names the model that worker serves).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
-from bisect import bisect_left
-from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+COUNTERS = {"events_stored": "Events written to the state store.",
+            "events_unknown_item": "Stored events whose item the model does not know.",
+            "users_forgotten": "DELETE /v1/users/{user_id} calls.",
+            "model_reloads": "Models swapped in by POST /v1/admin/reload or SIGHUP."}
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last slot is +Inf
-        self.sum = 0.0
-        self.count = 0
+def use_multiprocess_dir() -> Path:
+    """The directory the workers share (``$PROMETHEUS_MULTIPROC_DIR``, else a fresh temporary one, set in
+    the environment). Call it before ``prometheus_client`` is imported anywhere in the process."""
+    given = os.environ.get(MULTIPROC_ENV)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="seqrec-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
 
-    def lines(self, name: str, labels: str) -> list[str]:
-        sep = "," if labels else ""
-        out, running = [], 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else repr(float(bound))
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        braces = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{braces} {self.sum!r}", f"{name}_count{braces} {self.count}"]
-        return out
+def forget_process(path: Path, pid: int) -> None:
+    """Remove the files a process (the supervisor's start-up check) left in the multiprocess directory."""
+    for f in path.glob(f"*_{pid}.db"):
+        f.unlink(missing_ok=True)
 
 
 class Metrics:
     def __init__(self, model: str, version: str, store: str, worker: str | None = None) -> None:
         """``worker`` (set when several processes serve one port) labels every series, so the
         counters of different workers stay separate series rather than one that jumps."""
+        import prometheus_client as prom
+
+        prom.disable_created_metrics()
+        self._prom = prom
         self._lock = threading.Lock()
+        self._multiproc_dir = os.environ.get(MULTIPROC_ENV) if worker is not None else None
         self._worker = "" if worker is None else f'worker="{worker}"'
+        self._store = store
         self._info = self._labels(f'model="{model}",version="{version}",store="{store}"')
-        self._requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self._latency: dict[tuple[str, str], Histogram] = {}
-        self._batches = Histogram(BATCH_BUCKETS)
-        self._counters = {"events_stored": 0, "events_unknown_item": 0, "users_forgotten": 0}
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        front = ["worker"] if worker is not None else []
+        self._front = [worker] if worker is not None else []
+        self._requests = prom.Counter("seqrec_http_requests", "HTTP requests by route and status.",
+                                      [*front, "method", "route", "status"], registry=self.registry)
+        self._latency = prom.Histogram("seqrec_http_request_duration_seconds",
+                                       "Time from the request's arrival to the end of its response.",
+                                       [*front, "method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._batches = prom.Histogram("seqrec_score_batch_size", "Requests scored per forward pass.", front,
+                                       buckets=BATCH_BUCKETS, registry=self.registry)
+        self._counters = {name: prom.Counter(f"seqrec_{name}", text, front, registry=self.registry)
+                          for name, text in COUNTERS.items()}
+        if worker is not None:  # series exist from the start, as label-less ones do
+            self._batches.labels(*self._front)
+            for counter in self._counters.values():
+                counter.labels(*self._front)
 
     def _labels(self, labels: str = "") -> str:
         """``labels`` with the worker label in front, when there is one."""
         return ",".join(part for part in (self._worker, labels) if part)
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def set_model(self, model: str, version: str) -> None:
+        """After a reload: seqrec_model_info names the model now served."""
         with self._lock:
-            self._requests[(method, route, status)] += 1
-            hist = self._latency.get((method, route))
-            if hist is None:
-                hist = self._latency[(method, route)] = Histogram(LATENCY_BUCKETS)
-            hist.observe(seconds)
+            self._info = self._labels(f'model="{model}",version="{version}",store="{self._store}"')
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self._requests.labels(*self._front, method, route, str(status)).inc()
+        self._latency.labels(*self._front, method, route).observe(seconds)
 
     def observe_batch(self, size: int) -> None:
-        with self._lock:
-            self._batches.observe(size)
+        (self._batches.labels(*self._front) if self._front else self._batches).observe(size)
 
     def add(self, counter: str, n: int = 1) -> None:
-        with self._lock:
-            self._counters[counter] += n
+        c = self._counters[counter]
+        (c.labels(*self._front) if self._front else c).inc(n)
 
     def render(self) -> str:
+        prom = self._prom
         with self._lock:
-            lines = ["# HELP seqrec_model_info The served model.", "# TYPE seqrec_model_info gauge",
-                     f"seqrec_model_info{{{self._info}}} 1"]
-            lines += _header("seqrec_http_requests_total", "counter", "HTTP requests by route and status.")
-            for (method, route, status), n in sorted(self._requests.items()):
-                labels = self._labels(f'method="{method}",route="{route}",status="{status}"')
-                lines.append(f"seqrec_http_requests_total{{{labels}}} {n}")
-            lines += _header("seqrec_http_request_duration_seconds", "histogram",
-                             "Time from the request's arrival to the end of its response.")
-            for (method, route), hist in sorted(self._latency.items()):
-                lines += hist.lines("seqrec_http_request_duration_seconds",
-                                    self._labels(f'method="{method}",route="{route}"'))
-            lines += _header("seqrec_score_batch_size", "histogram", "Requests scored per forward pass.")
-            lines += self._batches.lines("seqrec_score_batch_size", self._labels())
-            braces = f"{{{self._worker}}}" if self._worker else ""
-            for name, help_text in (("events_stored", "Events written to the state store."),
-                                    ("events_unknown_item", "Stored events whose item the model does not know."),
-                                    ("users_forgotten", "DELETE /v1/users/{user_id} calls.")):
-                lines += _header(f"seqrec_{name}_total", "counter", help_text)
-                lines.append(f"seqrec_{name}_total{braces} {self._counters[name]}")
-        return "\n".join(lines) + "\n"
+            info = self._info
+        head = ("# HELP seqrec_model_info The served model.\n# TYPE seqrec_model_info gauge\n"
+                f"seqrec_model_info{{{info}}} 1\n")
+        if self._multiproc_dir:
+            from prometheus_client import multiprocess
+
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self._multiproc_dir)
+            return head + exposition(registry)
+        return head + exposition(self.registry)
 
 
-def _header(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+def exposition(registry: Any) -> str:
+    """The text format 0.0.4, as ``generate_latest`` writes it but with ``le`` the last label and whole
+    numbers without ``.0`` (the form this service has always written, which scrapers and tests read)."""
+    lines: list[str] = []
+    for metric in registry.collect():
+        name = metric.name + ("_total" if metric.type == "counter" else "")
+        lines += [f"# HELP {name} {metric.documentation}", f"# TYPE {name} {metric.type}"]
+        for sample in metric.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = sorted(sample.labels.items(), key=lambda kv: kv[0] == "le")  # stable: le last
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{sample.name}{{{text}}} {_number(sample.value)}" if text else
+                         f"{sample.name} {_number(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))

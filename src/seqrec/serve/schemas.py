@@ -1,4 +1,7 @@
-"""Request and response bodies. Requests forbid unknown fields and bound every size."""
+"""Request and response bodies. Requests forbid unknown fields, bound every size, and take JSON types
+strictly: a number is a JSON number (``false`` and ``"3"`` are refused) and a flag is a JSON boolean, so
+what the OpenAPI document says a field is, is what the service accepts. As in JSON Schema, an integer is
+any JSON number without a fraction: ``7.0`` is the integer 7, ``7.5`` is refused."""
 
 from __future__ import annotations
 
@@ -6,10 +9,13 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     RootModel,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     StringConstraints,
@@ -22,17 +28,29 @@ MAX_HISTORY = 1000  # items in a stateless history or exclude list
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: ids end up in logs, keys and headers
 
 IdText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=256, pattern=ID_PATTERN)]
-IdInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # integer ids fit the stores' and numpy's int64
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type, and JSON Schema's "integer" is a number without a fraction: 7.0 is 7."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Last in an Annotated[StrictInt, ...]: an integer in the JSON sense (no boolean, no string, no fraction).
+# After the bounds, so that they stay "minimum"/"maximum" in the JSON schema.
+JSON_INT = BeforeValidator(_integral)
+IdInt = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX), JSON_INT]
 
 
 def _id_kind(value: Any) -> str:
     # Choosing the branch up front makes an error name one problem ("should match pattern"), not one per branch.
-    return "int" if isinstance(value, int) and not isinstance(value, bool) else "str"
+    return "int" if isinstance(value, int | float) and not isinstance(value, bool) else "str"
 
 
 ExternalId = Annotated[Annotated[IdInt, Tag("int")] | Annotated[IdText, Tag("str")], Discriminator(_id_kind),
                        Field(description="an external id, as in the training log (int or string)")]
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K}, at most the catalog size)")]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items (1..{MAX_K}, at most the catalog size)"),
+              JSON_INT]
 
 
 class _Request(BaseModel):
@@ -43,8 +61,9 @@ class _Request(BaseModel):
 class EventIn(_Request):
     user_id: ExternalId
     item_id: ExternalId
-    timestamp: Annotated[float | None, Field(ge=0, le=1e11, allow_inf_nan=False,
-                                             description="unix seconds; default: the server's clock")] = None
+    # StrictFloat takes any JSON number (integers too, as JSON Schema's "number" does) but no boolean or string.
+    timestamp: Annotated[StrictFloat | None, Field(ge=0, le=1e11, allow_inf_nan=False,
+                                                   description="unix seconds; default: the server's clock")] = None
 
 
 class EventBatchIn(_Request):
@@ -68,7 +87,7 @@ class HistoryRecommendationIn(_Request):
                                                description="item ids, oldest first; unknown ones are skipped")]
     k: K = 10
     exclude: Annotated[list[ExternalId], Field(max_length=MAX_HISTORY, description="never recommend these")] = []
-    exclude_seen: bool = True
+    exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history")] = True
 
 
 # ---- responses ------------------------------------------------------------------------------

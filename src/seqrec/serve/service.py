@@ -17,6 +17,7 @@ the plain methods wait for the result.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -51,6 +52,12 @@ class Invalid(ServeError):
     code = "invalid_request"
 
 
+class ReloadFailed(ServeError):
+    """The new artifact is missing, corrupt or incompatible; the old model keeps serving."""
+
+    code = "reload_failed"
+
+
 @dataclass(frozen=True)
 class EventInput:
     user_id: ExternalId
@@ -70,6 +77,7 @@ class Recommendations:
     items: list[Scored]
     history_length: int  # known history items (the model reads the last max_len; all are excluded)
     unknown_items: int  # history entries the model does not know (skipped)
+    version: str = ""  # the model version these were scored with
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,13 @@ class _HistoryQuery:
 class Service:
     def __init__(self, index: ServedModel, store: EventStore, history_cap: int = 200,
                  max_score_batch: int = 64, clock: Callable[[], float] = time.time,
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, loader: Callable[[Path], ServedModel] | None = None,
+                 artifact: Path | None = None) -> None:
+        # Swapped whole by reload(): a reader takes ``self.index`` once and uses that model throughout.
         self.index = index
+        self._loader = loader
+        self.artifact = artifact
+        self._reload_lock = threading.Lock()
         self.store = store
         self.history_cap = history_cap
         self.clock = clock
@@ -107,6 +120,47 @@ class Service:
     @property
     def version(self) -> str:
         return self.index.version
+
+    @property
+    def scored_requests(self) -> int:
+        """Recommendation requests the scorer has read histories for and ranked."""
+        return self._scorer.processed
+
+    @property
+    def skipped_requests(self) -> int:
+        """Recommendation requests cancelled while queued (their clients left) and never scored."""
+        return self._scorer.dropped
+
+    def reload(self, artifact: Path | None = None) -> tuple[str, str]:
+        """Load ``artifact`` (default: the one served) and swap it in atomically; returns (old, new) version.
+
+        A missing, corrupt or incompatible artifact raises :class:`ReloadFailed` and the old model keeps
+        serving. Compatible: every item and user id the served model knows keeps its internal index (a
+        retrained or updated artifact; new ids may follow), so stored histories and queued requests
+        carry over. Requests already being scored finish with the model they started with.
+        """
+        if self._loader is None:
+            raise ReloadFailed("this service was built without an artifact loader; reload is not available")
+        path = Path(artifact) if artifact is not None else self.artifact
+        if path is None:
+            raise ReloadFailed("no artifact path to reload from")
+        with self._reload_lock:
+            old = self.index
+            try:
+                new = self._loader(path)
+            except SeqrecError as exc:
+                raise ReloadFailed(f"reload of {path} failed, still serving {old.version}: {exc}") from None
+            except Exception as exc:  # whatever a damaged artifact raises, the old model keeps serving
+                raise ReloadFailed(f"reload of {path} failed, still serving {old.version}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            problem = incompatibility(old, new)
+            if problem:
+                raise ReloadFailed(f"reload of {path} refused, still serving {old.version}: {problem}")
+            self.index = new
+            self.artifact = path
+            self.metrics.set_model(new.model_name, new.version)
+            self.metrics.add("model_reloads")
+            return old.version, new.version
 
     def close(self) -> None:
         self._scorer.close()
@@ -162,28 +216,29 @@ class Service:
                           exclude_seen: bool = True) -> Recommendations:
         return self.submit_history(history, k, exclude, exclude_seen).result()
 
-    def user_history(self, user_id: ExternalId) -> tuple[np.ndarray, int]:
+    def user_history(self, user_id: ExternalId, index: ServedModel | None = None) -> tuple[np.ndarray, int]:
         """(internal item ids oldest first; number of unknown items skipped).
 
         The artifact history is used whole, as offline recommendation does (so every item seen in
         training stays excluded); the cap bounds the posted events, which grow without end.
         """
-        canonical = self.index.users.canonical(user_id)
+        ix = self.index if index is None else index
+        canonical = ix.users.canonical(user_id)
         state = self.store.user_state(canonical, self.history_cap)
-        user = self.index.users.internal(canonical)
+        user = ix.users.internal(canonical)
         from_artifact = user >= 0 and not state.forgotten
         if not from_artifact and not state.items:
             raise NotFound(f"unknown user {canonical!r}: not in the training data and no events posted; "
                            "POST /v1/events first")
-        posted = self.index.items.internal_many(state.items)
-        base = self.index.artifact_history(user) if from_artifact else _EMPTY
+        posted = ix.items.internal_many(state.items)
+        base = ix.artifact_history(user) if from_artifact else _EMPTY
         history = np.concatenate([base, posted[posted > 0]])
         return history, int((posted < 0).sum())
 
-    def _prepare(self, query: _UserQuery | _HistoryQuery) -> _HistoryQuery:
+    def _prepare(self, query: _UserQuery | _HistoryQuery, index: ServedModel) -> _HistoryQuery:
         if isinstance(query, _HistoryQuery):
             return query
-        history, unknown = self.user_history(query.user_id)
+        history, unknown = self.user_history(query.user_id, index)
         if not len(history):
             raise Invalid(f"user {str(query.user_id)!r} has only events on items the model does not know; "
                           "nothing to score from")
@@ -191,25 +246,28 @@ class Service:
 
     def _score_batch(self, queries: list[_UserQuery | _HistoryQuery]) -> list[Recommendations | Exception]:
         """Runs on the scorer thread: read the histories, then one forward pass for all of them."""
+        index = self.index  # one model for the whole batch, even if a reload swaps it meanwhile
         prepared: list[_HistoryQuery | Exception] = []
         for q in queries:
             try:
-                prepared.append(self._prepare(q))
+                prepared.append(self._prepare(q, index))
             except (ServeError, StoreError) as exc:  # fails this request only
                 prepared.append(exc)
         ready = [p for p in prepared if isinstance(p, _HistoryQuery)]
-        ranked = iter(self.index.score([p.request for p in ready]) if ready else [])
+        ranked = iter(index.score([p.request for p in ready]) if ready else [])
         return [p if isinstance(p, Exception) else
-                Recommendations(self._scored(next(ranked)), len(p.request.history), p.unknown) for p in prepared]
+                Recommendations(self._scored(next(ranked), index), len(p.request.history), p.unknown, index.version)
+                for p in prepared]
 
     def similar(self, item_id: ExternalId, k: int) -> tuple[ExternalId, list[Scored]]:
         """(the item's id as the artifact spells it, its k nearest items)."""
-        self._check_k(k, self.index.n_items - 1)
-        items = self.index.items
+        index = self.index
+        self._check_k(k, index.n_items - 1)
+        items = index.items
         item = items.internal(items.canonical(item_id))
         if item < 0:
             raise NotFound(f"unknown item {items.canonical(item_id)!r}: it was not in the training data")
-        return items.external_of(item), self._scored(self.index.similar(item, k))
+        return items.external_of(item), self._scored(index.similar(item, k), index)
 
     def ping(self) -> None:
         self.store.ping()
@@ -219,8 +277,8 @@ class Service:
         if not 1 <= k <= limit:
             raise Invalid(f"k={k} must be between 1 and {limit} (the number of items that can be returned)")
 
-    def _scored(self, ranked: Ranked) -> list[Scored]:
-        ix = self.index
+    def _scored(self, ranked: Ranked, index: ServedModel | None = None) -> list[Scored]:
+        ix = self.index if index is None else index
         return [Scored(ix.items.external_of(i), float(s), ix.title(i))
                 for i, s in zip(ranked.items.tolist(), ranked.scores.tolist(), strict=True)]
 
@@ -228,9 +286,23 @@ class Service:
 def build_service(settings: ServeSettings) -> Service:
     """Load the artifact and open the store; a bad artifact or unreachable store raises a
     SeqrecError here, at start-up, rather than on the first request."""
-    artifact = load_artifact(settings.artifact)
-    artifact.model.to(resolve_device(settings.device))
-    index = ServedModel(artifact, model_version(Path(settings.artifact), artifact.model_name))
+    def load(path: Path) -> ServedModel:
+        artifact = load_artifact(path)
+        artifact.model.to(resolve_device(settings.device))
+        return ServedModel(artifact, model_version(artifact), settings.index, settings.backend, settings.torch_threads)
+
+    index = load(settings.artifact)
     store = open_store(settings.store)
     worker = str(os.getpid()) if settings.workers > 1 else None
-    return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker)
+    return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker, loader=load,
+                   artifact=settings.artifact)
+
+
+def incompatibility(old: ServedModel, new: ServedModel) -> str | None:
+    """Why ``new`` cannot replace ``old`` in place, or None: every id ``old`` knows must keep its index."""
+    for what, a, b in (("item", old.items, new.items), ("user", old.users, new.users)):
+        if len(b) < len(a) or b.external[: len(a)] != a.external:
+            return (f"its {what} ids differ from the served model's ({len(b)} vs {len(a)} {what}s, or the same "
+                    f"ids in another order): a different id space; train it with `seqrec update` from this "
+                    f"artifact or restart the service on it")
+    return None

@@ -6,12 +6,17 @@ model and items unknown today can be scored once a new artifact knows them.
 A forgotten user who was in the artifact's training data gets a tombstone so that their
 artifact history is not served again; the tombstone is a salted HMAC, never the id itself,
 so the bytes on disk hold no trace of the user.
+
+The SQLite file is created owner-only (0600; SQLite gives its -wal and -shm files the same mode),
+and a Redis URL's password never reaches an error message or a ``repr``: both use
+:func:`~seqrec.serve.settings.redact_url`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import threading
@@ -23,7 +28,7 @@ from itertools import groupby
 from typing import Any, Protocol
 
 from seqrec.errors import SeqrecError
-from seqrec.serve.settings import sqlite_path
+from seqrec.serve.settings import redact_url, sqlite_path
 
 
 class StoreError(SeqrecError):
@@ -101,6 +106,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        _create_private(path)
         try:
             self._writer = self._connect()
             self._writer.execute("PRAGMA journal_mode=WAL")
@@ -108,6 +114,9 @@ class SQLiteStore:
             self._salt = self._load_salt()
         except sqlite3.Error as exc:
             raise StoreError(f"--store sqlite:///{path}: cannot open the database ({exc})") from None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions, so a reader never pins an old snapshot
@@ -193,6 +202,17 @@ class SQLiteStore:
             self._readers.clear()
 
 
+def _create_private(path: str) -> None:
+    """Create the database file, empty and readable by its owner only, unless it exists. SQLite creates
+    the -wal and -shm files with the database file's mode, so they are owner-only too. A path that
+    cannot be created is left for SQLite to report in its own words."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    os.close(fd)
+
+
 # ---- Redis ----------------------------------------------------------------------------------
 class RedisStore:
     """A list per user (``RPUSH`` + ``LTRIM`` in one MULTI); durability is the server's setting
@@ -207,16 +227,27 @@ class RedisStore:
         except ImportError:
             raise SeqrecError("--store redis:// needs the redis client: pip install 'seqrec[serve]'") from None
         self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
-        self._client: Any = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
-        self._url = url
+        self.url = redact_url(url)  # the URL fit to print: no user, no password
+        self._secrets = _url_secrets(url)
         try:
+            self._client: Any = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
             self._client.set(self.prefix + "salt", secrets.token_bytes(32), nx=True)
             salt = self._client.get(self.prefix + "salt")
-        except self._errors as exc:
-            raise StoreError(f"--store {url}: cannot reach Redis ({exc})") from None
+        except (*self._errors, ValueError) as exc:  # ValueError: a URL redis-py cannot parse
+            raise StoreError(f"store {self.url}: cannot reach Redis ({self._scrub(exc)})") from None
         if not isinstance(salt, bytes):
-            raise StoreError(f"--store {url}: the key {self.prefix}salt holds no salt; is the prefix used?")
+            raise StoreError(f"store {self.url}: the key {self.prefix}salt holds no salt; is the prefix used?")
         self._salt = salt
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r})"
+
+    def _scrub(self, exc: Exception) -> str:
+        """The error's text without the URL's secrets, should the client ever quote them."""
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}events:{user_id}"
@@ -260,13 +291,25 @@ class RedisStore:
         try:
             return list(pipe.execute())
         except self._errors as exc:
-            raise StoreError(f"Redis at {self._url}: {exc}") from None
+            raise StoreError(f"Redis at {self.url}: {self._scrub(exc)}") from None
 
     def ping(self) -> None:
         try:
             self._client.ping()
         except self._errors as exc:
-            raise StoreError(f"Redis at {self._url}: {exc}") from None
+            raise StoreError(f"Redis at {self.url}: {self._scrub(exc)}") from None
 
     def close(self) -> None:
         self._client.close()
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The passwords in ``url`` (userinfo or ``?password=``), raw and percent-decoded, longest first."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        found = [parts.password, *parse_qs(parts.query).get("password", [])]
+    except ValueError:
+        return []
+    return sorted({v for s in found if s for v in (s, unquote(s))}, key=len, reverse=True)

@@ -25,6 +25,30 @@ def check_device(name: str, value: Any) -> None:
                       "use auto, cpu, cuda, cuda:N or mps")
 
 
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD with the user as the unit of privacy (off unless ``epsilon`` is set); see docs/privacy.md."""
+
+    epsilon: float | None = setting(None, "differentially private training (DP-SGD, one user = one record): the "
+                                    "privacy budget epsilon to reach over the planned epochs (none: no DP)",
+                                    above=0.0, flag="dp-epsilon")
+    delta: float | None = setting(None, "DP delta; must be below 1 / the number of users (none: 0.1 / users)",
+                                  above=0.0, high=1.0, flag="dp-delta")
+    clip: float = setting(1.0, "DP: each user's gradient (all their windows and targets) is clipped to this L2 norm",
+                          above=0.0, flag="dp-clip")
+    batch_users: int = setting(64, "DP: expected users per step; each user is Poisson-sampled with probability "
+                               "this / users", low=1, flag="dp-batch-users")
+    accountant: str = setting("rdp", "DP privacy accountant (Opacus): rdp or prv", choices=("rdp", "prv"),
+                              flag="dp-accountant")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None
+
+
 def check_metric(name: str, value: Any) -> None:
     metric, _, k = str(value).partition("@")
     if metric in VALID_METRICS and k.isdigit() and int(k) >= 1:
@@ -50,6 +74,7 @@ class TrainConfig:
     bucket: bool = setting(True, "batch windows of similar length together, trim their shared padding and weigh "
                            "every target alike (off: random batches, slower)")
     loss: LossConfig = field(default_factory=LossConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     objective: str | None = setting(None, "training objective: next (next item) or cloze (masked items); "
                                     "none: the model's own", choices=(None, "next", "cloze"))
     mask_prob: float = setting(0.2, "cloze objective: probability that an item is masked", low=0.0, high=1.0)

@@ -32,6 +32,8 @@ class FitResult:
     best_metric: float = float("-inf")
     seconds: float = 0.0
     stopped_by_time: bool = False  # max_seconds ended training before its epochs or patience did
+    stopped_by_budget: bool = False  # DP: another epoch would have spent more than the privacy budget
+    privacy: dict[str, Any] = field(default_factory=dict)  # DP: noise, sampling, epsilon spent, accountant history
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -130,11 +132,16 @@ class Trainer:
         self.item_counts = counts
         self.sampler = NegativeSampler(split.n_items, cfg.loss.sampler, counts)
         self._rows = TargetWeighting()  # replaced at the start of each fit: the running mean belongs to one fit
+        self.privacy: dict[str, Any] = {}  # DP: noise multiplier, sample rate, epsilon spent, accountant history
 
     def fit(self, resume: bool = False) -> FitResult:
         model, cfg = self.model.to(self.device), self.cfg
         if not model.trainable:
+            if cfg.privacy.enabled:
+                raise SeqrecError(f"--dp-epsilon: {model.name} is counted, not trained: its counts are not private")
             return self._fit_statistics()
+        if cfg.privacy.enabled:
+            return self._fit_private(resume)
         batches = TrainBatches(self.train, self.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
         if len(batches) == 0:
             raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
@@ -177,6 +184,85 @@ class Trainer:
         model.load_state_dict(best)
         model.eval()
         return result
+
+    def _fit_private(self, resume: bool) -> FitResult:
+        """DP-SGD (seqrec.privacy.dp): Poisson-sampled users, one clipped gradient per user, Gaussian noise.
+        The model kept is the last epoch's: choosing an epoch by validation metrics would spend privacy
+        the accountant does not count, so patience and the best epoch play no part."""
+        from seqrec.privacy import dp
+
+        model, cfg = self.model, self.cfg
+        dp.check_supported(model, cfg, self.objective)
+        windows = dp.UserWindows(self.train, self.max_len, cfg.sliding)
+        plan = dp.plan(cfg, windows.n_users)
+        opt = make_optimizer(model, cfg)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        result, start_epoch, history = FitResult(), 0, None
+        ckpt = self.out_dir / "checkpoint" if self.out_dir else None
+        if resume and ckpt and (ckpt / "state.json").exists():
+            _, loop = load_checkpoint(ckpt, model, opt)
+            if "accountant" not in loop:
+                raise SeqrecError(f"{ckpt}: this checkpoint was not trained with DP-SGD, so its privacy spent is "
+                                  "unknown; train from the start (without --resume) or without --dp-epsilon")
+            start_epoch, history = loop["epoch"] + 1, loop["accountant"]
+            result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
+        acc = dp.Accountant(cfg.privacy.accountant, history)
+        self.privacy = {"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                        "steps_per_epoch": plan.steps_per_epoch, "delta": plan.delta, "users": plan.n_users,
+                        "clip": cfg.privacy.clip, "accountant": cfg.privacy.accountant,
+                        "target_epsilon": cfg.privacy.epsilon}
+        total_steps = cfg.epochs * plan.steps_per_epoch
+        assert cfg.privacy.epsilon is not None
+        for epoch in range(start_epoch, cfg.epochs):
+            ahead = acc.after(plan.noise_multiplier, plan.sample_rate, plan.steps_per_epoch, plan.delta)
+            if ahead > cfg.privacy.epsilon * 1.01:  # Opacus calibrates to within 1% of the target
+                result.stopped_by_budget = True
+                break
+            if cfg.max_seconds is not None and result.seconds >= cfg.max_seconds:
+                result.stopped_by_time = True
+                break
+            t0 = time.perf_counter()
+            loss = self._private_epoch(windows, opt, params, plan, acc, epoch, total_steps)
+            metrics = self.validate()
+            t_end = time.perf_counter()
+            row = {"epoch": epoch + 1, "loss": loss, **metrics, "epsilon": ahead,  # the accountant's, now
+                   "seconds": t_end - t0}
+            result.history.append(row)
+            result.seconds += row["seconds"]
+            result.best_epoch, result.best_metric = epoch + 1, metrics[f"valid_{cfg.valid_metric}"]
+            if ckpt:
+                save_checkpoint(ckpt, model, self._snapshot(), opt, {
+                    "epoch": epoch, "bad_epochs": 0, "history": result.history, "best_epoch": result.best_epoch,
+                    "best_metric": result.best_metric, "seconds": result.seconds, "accountant": acc.history})
+            if self.on_epoch:
+                self.on_epoch(row)
+        self.privacy["epsilon"] = result.history[-1]["epsilon"] if result.history else acc.epsilon(plan.delta)
+        self.privacy["accountant_history"] = acc.history
+        model.eval()
+        return result
+
+    def _private_epoch(self, windows: Any, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                       plan: Any, acc: Any, epoch: int, total: int) -> float:
+        from seqrec.privacy import dp
+
+        cfg, model = self.cfg, self.model
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout; same stream after a resume
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # user sampling, negatives
+        noise_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7_919)
+        model.train()
+        losses: list[float] = []
+        bar = tqdm(range(plan.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs} (DP)",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i in bar:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(epoch * plan.steps_per_epoch + i, total, cfg)
+            users = dp.poisson_users(windows.n_users, plan.sample_rate, gen)
+            opt.zero_grad(set_to_none=True)
+            losses += dp.private_step(model, windows, users, params, cfg, plan, self.sampler, gen, noise_gen)
+            opt.step()
+            acc.step(plan.noise_multiplier, plan.sample_rate)
+        # the sampled users' mean loss: a diagnostic outside the DP guarantee, like the validation metrics
+        return float(np.mean(losses)) if losses else 0.0
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
@@ -242,4 +328,7 @@ class Trainer:
 def fit(model: SequenceModel, split: Split, cfg: TrainConfig, out_dir: Path | None = None,
         resume: bool = False, progress: bool = True,
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
-    return Trainer(model, split, cfg, out_dir, progress, on_epoch).fit(resume)
+    trainer = Trainer(model, split, cfg, out_dir, progress, on_epoch)
+    result = trainer.fit(resume)
+    result.privacy = trainer.privacy
+    return result

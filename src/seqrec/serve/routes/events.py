@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 from fastapi.openapi.models import Example
 
-from seqrec.serve.routes.deps import ERRORS_WRITE, ServiceDep, WriteKey, json_body
-from seqrec.serve.schemas import EventBatchIn, EventsIn, EventsOut
+from seqrec.serve.routes.deps import BAD_JSON, KEY_ERRORS, STORE_DOWN, ServiceDep, WriteKey, errors, json_body
+from seqrec.serve.schemas import MAX_EVENTS, EventBatchIn, EventsIn, EventsOut
 from seqrec.serve.service import EventInput
 
-router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[WriteKey], responses=ERRORS_WRITE)
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[WriteKey], responses=KEY_ERRORS)
 
 _EXAMPLES: dict[str, Example] = {
     "one": {"summary": "one event", "value": {"user_id": "u1", "item_id": 318}},
@@ -21,7 +21,13 @@ _EXAMPLES: dict[str, Example] = {
 }
 
 
-@router.post("", status_code=201, response_model=EventsOut, summary="Append events to user histories")
+@router.post("", status_code=201, response_model=EventsOut, summary="Append events to user histories",
+             responses=errors({
+                 400: BAD_JSON,
+                 422: "invalid events: wrong JSON types (a timestamp must be a number, not a boolean or a string), "
+                      f"unknown fields, an empty batch or more than {MAX_EVENTS} events, ids that are empty, "
+                      "longer than 256 characters or hold control characters",
+                 503: STORE_DOWN}))
 async def post_events(service: ServiceDep,
                       body: Annotated[EventsIn, Body(openapi_examples=_EXAMPLES)]) -> Response:
     """Events are appended in arrival order and durable once the response is sent. Items the model

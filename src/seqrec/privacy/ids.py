@@ -1,0 +1,115 @@
+"""Pseudonymised user ids and excluded users, applied to the raw log before anything is built from it.
+
+A pseudonym is ``HMAC-SHA256(key, id)`` in hex, computed from the id as the log spells it. The key
+is read from a file (or given by the command line from an environment variable) and is never
+written anywhere: artifacts, checkpoints and printed output hold pseudonyms only. Without the key a
+pseudonym cannot be linked to an id (short of guessing the key); with it, the same id always maps to
+the same pseudonym, so a service holding the key can look users up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from seqrec.data.config import DEFAULT_DATASET, DataConfig
+from seqrec.data.io import read_log
+from seqrec.data.preprocess import Dataset, build_dataset
+from seqrec.datasets import KNOWN, bundled_path, dataset_path
+from seqrec.errors import SeqrecError
+
+MIN_KEY_BYTES = 16  # 128 bits: shorter keys could be guessed, and with them every pseudonym reversed
+ENV_KEY = "SEQREC_PSEUDONYM_KEY"
+
+
+def check_key(key: bytes, where: str) -> bytes:
+    key = key.strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise SeqrecError(f"{where}: the pseudonymisation key is {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+                          "random bytes, e.g. `openssl rand -hex 32 > key`")
+    return key
+
+
+def read_key(path: Path) -> bytes:
+    """The key in ``path`` (surrounding whitespace ignored), at least 16 bytes."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SeqrecError(f"{path}: cannot read the pseudonymisation key ({exc.strerror})") from None
+    return check_key(data, str(path))
+
+
+def pseudonym(key: bytes, user: object) -> str:
+    """HMAC-SHA256 of the id's text under ``key``, in hex."""
+    return hmac.new(key, str(user).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonyms(key: bytes, users: Iterable[object]) -> list[str]:
+    return [pseudonym(key, u) for u in users]
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """What happens to user ids at ingest: pseudonymised under ``key``, ``exclude`` dropped entirely."""
+
+    key: bytes | None = None
+    exclude: frozenset[str] = field(default_factory=frozenset)  # raw ids (or their pseudonyms)
+
+    @property
+    def active(self) -> bool:
+        return self.key is not None or bool(self.exclude)
+
+
+def read_user_file(path: Path) -> frozenset[str]:
+    """User ids, one per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise SeqrecError(f"{path}: cannot read the user list ({exc.strerror})") from None
+    return frozenset(s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#"))
+
+
+def apply(frame: pd.DataFrame, ingest: Ingest) -> tuple[pd.DataFrame, int]:
+    """The raw log without the excluded users' rows and with pseudonymised user ids: (frame, rows dropped)."""
+    users = frame["user"]
+    present = users.notna()
+    text = users.where(~present, users.astype(str).str.strip())
+    keep = ~(present & text.isin(ingest.exclude))
+    mapped = None
+    if ingest.key is not None:
+        key = ingest.key
+        mapped = text.where(~present, text.map(lambda u: pseudonym(key, u)))
+        keep &= ~(present & mapped.isin(ingest.exclude))  # an exclusion list may hold pseudonyms
+    out = frame[keep.to_numpy()].copy()
+    if mapped is not None:
+        out["user"] = mapped[keep.to_numpy()].to_numpy()  # missing ids stay missing: the cleaner reports them
+    return out, int((~keep).sum())
+
+
+def load_data(config: DataConfig, ingest: Ingest) -> tuple[Dataset, int]:
+    """``seqrec.data.config.load_data`` with ``ingest`` applied to the raw rows before cleaning, k-cores
+    and id maps, so an excluded user leaves no trace in what is built: (dataset, rows dropped)."""
+    if config.data is not None:
+        path = Path(config.data)
+        frame, dropped = apply(read_log(path, config.read), ingest)
+        return build_dataset(frame, config.preprocess, name=path.name, source=str(path),
+                             header_rows=int(config.read.header)), dropped
+    name = config.dataset or DEFAULT_DATASET
+    info = KNOWN[name]
+    path = dataset_path(name, Path(config.data_root))
+    if not path.exists():
+        raise SeqrecError(f"dataset {name!r} is not at {path}; set --data-root to the folder that holds {info.path}")
+    titles = _titles(bundled_path(info.titles)) if info.titles else None
+    frame, dropped = apply(read_log(path, info.read), ingest)
+    return build_dataset(frame, config.preprocess, name=name, source=str(path), header_rows=int(info.read.header),
+                         titles=titles), dropped
+
+
+def _titles(path: Path) -> dict[object, str]:
+    movies = pd.read_csv(path, dtype={"movieId": "int64", "title": str})
+    return dict(zip(movies["movieId"].tolist(), movies["title"].tolist(), strict=True))

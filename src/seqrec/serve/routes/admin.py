@@ -1,0 +1,57 @@
+"""POST /v1/admin/reload: swap in a new artifact without downtime (needs the separate admin key)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Security
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqrec.serve.routes.deps import ADMIN_KEY_HEADER, ServiceDep, SettingsDep, errors
+
+_admin_key = APIKeyHeader(name=ADMIN_KEY_HEADER, scheme_name="AdminKeyHeader", auto_error=False,
+                          description="The admin key (--admin-key-file or $SEQREC_ADMIN_KEY), separate from the "
+                          "write key; only POST /v1/admin/reload needs it.")
+
+
+async def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_admin_key)]) -> None:
+    expected = settings.admin_key
+    if expected is None:
+        raise HTTPException(401, "this server has no admin key configured, so reload over HTTP is disabled; "
+                                 "restart it with $SEQREC_ADMIN_KEY or --admin-key-file, or send it SIGHUP",
+                            headers={"WWW-Authenticate": "ApiKey"})
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise HTTPException(401, f"missing or wrong {ADMIN_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+
+
+class ReloadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    artifact: str | None = Field(None, min_length=1, max_length=4096,
+                                 description="artifact directory to serve from now on (default: the one served)")
+
+
+class ReloadOut(BaseModel):
+    previous_version: str
+    model_version: str
+    artifact: str
+
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+
+@router.post("/reload", response_model=ReloadOut, summary="Swap in a new model without downtime",
+             responses=errors({401: "missing or wrong X-Admin-Key, or no admin key configured",
+                               422: "the artifact is missing, corrupt or has another id space; the old model "
+                                    "keeps serving"}))
+async def reload(service: ServiceDep, body: ReloadIn | None = None) -> ReloadOut:
+    """Loads the artifact beside the served one, checks it, and swaps it in atomically: requests being
+    scored finish with the old model, later ones use the new; every response names its model in
+    X-Model-Version. With --workers N, only the worker that answers reloads: send SIGHUP to the
+    supervisor to reload them all."""
+    path = Path(body.artifact) if body is not None and body.artifact is not None else None
+    old, new = await asyncio.to_thread(service.reload, path)
+    return ReloadOut(previous_version=old, model_version=new, artifact=str(service.artifact))

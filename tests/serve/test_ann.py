@@ -1,0 +1,143 @@
+"""Approximate top-K (FAISS): recall against exact scoring, exclusions, and the served path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from seqrec.artifact import load_artifact
+from seqrec.serve.ann import ApproxIndex, build_index, choose_kind
+from seqrec.serve.index import ScoreRequest, ServedModel, model_version
+
+N_ITEMS, DIM, N_QUERIES, K = 20_000, 32, 300, 10
+
+
+def synthetic_catalog(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N + 1, D) clustered item vectors (row 0 padding), (N + 1,) bias, (Q, D) queries near the clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, DIM)).astype(np.float32)
+    items = centres[rng.integers(0, 200, N_ITEMS)] + 0.5 * rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    weight = np.vstack([np.zeros((1, DIM), np.float32), items]).astype(np.float32)
+    bias = np.concatenate([[0.0], 0.3 * rng.normal(size=N_ITEMS)]).astype(np.float32)
+    queries = centres[rng.integers(0, 200, N_QUERIES)] + rng.normal(size=(N_QUERIES, DIM)).astype(np.float32)
+    return weight, bias, queries.astype(np.float32)
+
+
+def exact_top(weight: np.ndarray, bias: np.ndarray | None, queries: np.ndarray, k: int,
+              excluded: list[np.ndarray] | None = None) -> np.ndarray:
+    scores = queries @ weight.T + (0.0 if bias is None else bias)
+    scores[:, 0] = -np.inf
+    for row, ex in enumerate(excluded or []):
+        scores[row, ex] = -np.inf
+    return np.argsort(-scores, axis=1)[:, :k]
+
+
+def recall(approx: list[np.ndarray], exact: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(a, e)) / len(e) for a, e in zip(approx, exact, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def catalog() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return synthetic_catalog()
+
+
+@pytest.fixture(scope="module")
+def hnsw(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
+    weight, bias, _ = catalog
+    return ApproxIndex(weight, bias, "hnsw")
+
+
+def test_hnsw_recall_at_10_vs_exact(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], hnsw: ApproxIndex) -> None:
+    weight, bias, queries = catalog
+    found = hnsw.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    assert all(len(items) == K for items in found.items)
+    assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.99
+    # returned scores are the exact scores of the returned items, best first
+    row = found.items[0]
+    np.testing.assert_allclose(found.scores[0], weight[row] @ queries[0] + bias[row], rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(found.scores[0]) <= 0)
+
+
+def test_bias_is_folded_in(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """A large bias on a few items must pull them to the top although their vectors are average."""
+    weight, bias, queries = catalog
+    weight, bias = weight[:5001], bias[:5001].copy()  # a smaller catalog: builds in a second
+    boosted = np.array([5, 50, 500])
+    bias[boosted] = 200.0  # far above any q.v here (about 30)
+    index = ApproxIndex(weight, bias, "hnsw")
+    found = index.search(queries[:20], 3, [np.zeros(0, np.int64)] * 20)
+    for items in found.items:
+        assert set(items.tolist()) == set(boosted.tolist())
+
+
+def test_no_bias_table(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    weight, _, queries = catalog
+    weight = weight[:5001]
+    index = ApproxIndex(weight, None, "hnsw")
+    found = index.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    assert recall(found.items, exact_top(weight, None, queries, K)) >= 0.99
+
+
+def test_exclusions_never_leave_fewer_than_k(catalog: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                              hnsw: ApproxIndex) -> None:
+    weight, bias, queries = catalog
+    q = queries[:50]
+    # exclude each row's exact top 300 (and padding): the search must dig past all of them
+    excluded = [np.concatenate([[0], top]) for top in exact_top(weight, bias, q, 300)]
+    found = hnsw.search(q, K, excluded)
+    for items, ex in zip(found.items, excluded, strict=True):
+        assert len(items) == K
+        assert not np.isin(items, ex).any()
+        assert 0 not in items
+    assert recall(found.items, exact_top(weight, bias, q, K, excluded)) >= 0.95
+
+
+def test_everything_but_a_few_excluded_falls_back_to_exact() -> None:
+    rng = np.random.default_rng(1)
+    weight = np.vstack([np.zeros((1, 8)), rng.normal(size=(500, 8))]).astype(np.float32)
+    index = ApproxIndex(weight, None, "hnsw")
+    excluded = np.arange(1, 497)  # 4 items remain
+    found = index.search(rng.normal(size=(2, 8)).astype(np.float32), 10, [excluded, excluded])
+    for items in found.items:
+        assert sorted(items.tolist()) == [497, 498, 499, 500]
+
+
+def test_ivfpq_recall(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    weight, bias, queries = catalog
+    weight, bias = weight[:5001], bias[:5001]
+    index = ApproxIndex(weight, bias, "ivfpq")
+    found = index.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    assert all(len(items) == K for items in found.items)
+    assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.95
+
+
+def test_choose_kind_by_catalog_size() -> None:
+    assert choose_kind(10_000, "exact") == "exact"
+    assert choose_kind(10_000, "auto") == "exact"
+    assert choose_kind(10_000, "approx") == "hnsw"
+    assert choose_kind(1_000_000, "auto") == "hnsw"
+    assert choose_kind(10_000_000, "auto") == "ivfpq"
+    assert build_index(np.zeros((11, 4), np.float32), None, "auto") is None
+
+
+@pytest.mark.parametrize("model", ["gru4rec", "sasrec"])
+def test_served_approx_equals_exact_on_a_small_catalog(tmp_path: Path, build_artifact, model: str) -> None:  # type: ignore[no-untyped-def]
+    """60 items: the graph search is exhaustive, so approx returns what exact returns, exclusions included."""
+    art = load_artifact(build_artifact(tmp_path / model, model=model))
+    exact = ServedModel(art, model_version(art))
+    approx = ServedModel(art, model_version(art), "approx")
+    assert exact.index_kind == "exact" and approx.index_kind == "hnsw"
+    rng = np.random.default_rng(0)
+    requests = [ScoreRequest(rng.integers(1, 61, size=n).astype(np.int64), 10, seen, np.array([7, 8], np.int64))
+                for n, seen in [(3, True), (15, False), (40, True), (1, True)]]
+    for a, e, r in zip(approx.score(requests), exact.score(requests), requests, strict=True):
+        assert len(a.items) == 10
+        np.testing.assert_array_equal(a.items, e.items)
+        np.testing.assert_allclose(a.scores, e.scores, rtol=1e-4, atol=1e-4)
+        assert not np.isin(a.items, r.banned).any()
+        if r.exclude_seen:
+            assert not np.isin(a.items, r.history).any()
