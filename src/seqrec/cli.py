@@ -487,6 +487,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from seqrec.runs import format_runs, list_runs
+
+    runs = list_runs(args.dir)
+    print(format_runs(runs, args.format) if runs or args.format != "table" else f"no runs under {args.dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from seqrec.runs import compare_text, plot_compare, read_runs
+
+    runs = read_runs(args.runs)
+    print(compare_text(runs))
+    if args.plot is not None:
+        print(f"\nlearning curves written to {plot_compare(runs, args.plot)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from seqrec.demo import run_demo
 
@@ -552,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="an artifact directory written by `seqrec train --out`")
     p.add_argument("--output", type=Path, help="PNG path (default: RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("runs", help="list the artifacts under a folder, best test NDCG@10 first")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"),
+                   help="folder searched recursively for artifacts (default: runs)")
+    p.add_argument("--format", choices=FORMATS_OUT, default="table", help="output format (default: table)")
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("compare", help="show runs side by side: the settings that differ, then the metrics")
+    p.add_argument("runs", type=Path, nargs="+", help="two or more artifact directories written by `seqrec train`")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="also draw their validation NDCG@10 curves to this PNG (needs seqrec[plot]; default: none)")
+    p.set_defaults(func=cmd_compare)
     add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser

@@ -79,9 +79,12 @@ def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray) -> t
 
 
 @torch.no_grad()
-def score_histories(model: SequenceModel, history: Sequences, rows: np.ndarray, exclude_seen: bool) -> torch.Tensor:
-    """(R, N + 1) float32 catalog scores for the given history rows, on the model's device."""
-    scores = catalog_scores(encode_rows(model, history, rows), model.item_table()).float()
+def score_histories(model: SequenceModel, history: Sequences, rows: np.ndarray, exclude_seen: bool,
+                    table: ItemTable | None = None) -> torch.Tensor:
+    """(R, N + 1) float32 catalog scores for the given history rows, on the model's device. ``table``: the
+    model's item table computed once beforehand (serving), else it is computed here."""
+    table = model.item_table() if table is None else table
+    scores = catalog_scores(encode_rows(model, history, rows), table).float()
     if exclude_seen:
         mask_seen(scores, history, rows)
     return scores
@@ -109,7 +112,8 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
     model's device."""
     cfg = config or EvalConfig()
     device = model.device
-    n_items = int(model.item_table().weight.shape[0] - 1)
+    table = model.item_table()  # once: for cosine or a feature/text tower it is a pass over the catalog
+    n_items = int(table.weight.shape[0] - 1)
     if max(cfg.ks) > n_items:
         raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); "
                           "choose a smaller --k")
@@ -123,12 +127,12 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
         gen = np.random.default_rng(cfg.seed)
         for rows in batches:
             targets = torch.from_numpy(data.targets[rows])
-            scores = score_histories(model, data.history, rows, cfg.exclude_seen).cpu()
+            scores = score_histories(model, data.history, rows, cfg.exclude_seen, table).cpu()
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
     else:
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             targets = torch.from_numpy(data.targets[rows])
-            return _tiled_ranks(model, data, rows, targets, cfg.exclude_seen, kmax)
+            return _tiled_ranks(model, table, data, rows, targets, cfg.exclude_seen, kmax)
 
         workers = (cfg.workers or torch.get_num_threads()) if device.type == "cpu" else 1
         with single_threaded_ops() if workers > 1 and len(batches) > 1 else nullcontext():
@@ -144,22 +148,22 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
     return all_metrics(ranks, cfg.ks, top_items, n_items)
 
 
-def _tiled_ranks(model: SequenceModel, data: EvalSet, rows: np.ndarray, targets: torch.Tensor,
+def _tiled_ranks(model: SequenceModel, table: ItemTable, data: EvalSet, rows: np.ndarray, targets: torch.Tensor,
                  exclude_seen: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
     query = encode_rows(model, data.history, rows).float()
-    weight, bias = model.item_table()
+    weight, bias = table
     device = query.device
     none = torch.zeros(0, dtype=torch.long)
     seen_rows, seen_items = seen_pairs(data.history, rows) if exclude_seen else (none, none)
 
     def exact(sub: torch.Tensor) -> torch.Tensor:
         picked = rows[sub.cpu().numpy()]
-        full = score_histories(model, data.history, picked, exclude_seen)
+        full = score_histories(model, data.history, picked, exclude_seen, table)
         return ranks_from_scores(full, targets[sub.cpu()])
 
-    table = ItemTable(weight.detach().float(), None if bias is None else bias.detach().float())
-    return top_and_ranks(query, table, targets.long().to(device), seen_rows.to(device), seen_items.to(device),
+    detached = ItemTable(weight.detach().float(), None if bias is None else bias.detach().float())
+    return top_and_ranks(query, detached, targets.long().to(device), seen_rows.to(device), seen_items.to(device),
                          k, exact)
 
 

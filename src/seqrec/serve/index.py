@@ -97,15 +97,16 @@ class ServedModel:
         self.titles = data.item_titles
         self.sequences = data.sequences
         with torch.inference_mode():
-            emb = self.model.item_table().weight.detach().float()  # (N + 1, D)
+            # Computed once: for a cosine similarity or a feature/text tower it is a pass over the catalog.
+            self._table = self.model.item_table()
+            emb = self._table.weight.detach().float()  # (N + 1, D)
             self._unit = F.normalize(emb, dim=1)  # rows of zeros stay zeros: cosine 0
         self._check(int(emb.shape[0]) - 1)
         self.ann: ApproxIndex | None = None
         if index_mode != "exact":
-            with torch.inference_mode():
-                table = self.model.item_table()
-                weight = table.weight.detach().float().cpu().numpy()
-                bias = None if table.bias is None else table.bias.detach().float().cpu().numpy()
+            table = self._table
+            weight = table.weight.detach().float().cpu().numpy()
+            bias = None if table.bias is None else table.bias.detach().float().cpu().numpy()
             self.ann = build_index(weight, bias, index_mode)
         self.index_kind = "exact" if self.ann is None else self.ann.kind
         self.backend = backend
@@ -149,9 +150,10 @@ class ServedModel:
             return self._score_approx(seqs, requests)
         with torch.inference_mode():
             if self._session is None:
-                scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False)  # (R, N + 1)
+                scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False,
+                                         table=self._table)  # (R, N + 1)
             else:
-                scores = catalog_scores(self._encode(seqs), self.model.item_table()).float()
+                scores = catalog_scores(self._encode(seqs), self._table).float()
             for row, r in enumerate(requests):
                 # The same masking as mask_seen(), per row, since each request chooses its own.
                 if r.exclude_seen:
