@@ -3,14 +3,17 @@ for equality and plumbing tests), a service and an HTTP client over them, and a 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,6 +138,47 @@ def _free_port() -> int:
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     return _free_port()
+
+
+@pytest.fixture(scope="session")
+def port_factory() -> Callable[[], int]:
+    """Free loopback ports for module-scoped servers (``free_port`` is per test)."""
+    return _free_port
+
+
+ServeProcess = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def _serve_process(artifact: Path, port: int, db: Path, key: str, *extra: str, log: Path | None = None,
+                   wait_s: float = 90.0) -> subprocess.Popen[bytes]:
+    """`seqrec serve ARTIFACT` on 127.0.0.1:PORT with a SQLite store, returned once /healthz answers. Its
+    output goes to ``log`` when given (the failure message then quotes it), else stderr is kept for it."""
+    cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
+           "--store", f"sqlite:///{db}", *extra]
+    env = {**os.environ, "SEQREC_API_KEY": key}
+    if log is None:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait_s  # a loaded 2-core box needs a while to import torch
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = log.read_text() if log is not None else proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"seqrec serve exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"seqrec serve did not become healthy in {wait_s:g} s")
+
+
+@pytest.fixture(scope="session")
+def serve_process() -> ServeProcess:
+    """Start `seqrec serve` as a subprocess (see ``_serve_process``); the caller stops it."""
+    return _serve_process
 
 
 @pytest.fixture(scope="session")

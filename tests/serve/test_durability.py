@@ -6,39 +6,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 KEY = "durability-key-0123456789"
+ServeProcess = Callable[..., subprocess.Popen[bytes]]  # the conftest fixture serve_process
 
 
-def start(artifact: Path, port: int, db: Path, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
-           "--store", f"sqlite:///{db}", *extra]
-    proc = subprocess.Popen(cmd, env={**os.environ, "SEQREC_API_KEY": KEY}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90  # a loaded 2-core box needs a while to import torch
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"seqrec serve exited with {proc.returncode}: {err[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("seqrec serve did not become healthy in 90 s")
-
-
-def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Path, free_port: int) -> None:
+def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Path, free_port: int,
+                                               serve_process: ServeProcess) -> None:
     db = tmp_path / "events.db"
     base = f"http://127.0.0.1:{free_port}"
-    proc = start(artifact_dir, free_port, db)
+    proc = serve_process(artifact_dir, free_port, db, KEY)
     try:
         r = httpx.post(f"{base}/v1/events", json={"user_id": "durable", "item_id": 105},
                        headers={"X-API-Key": KEY})
@@ -47,7 +29,7 @@ def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Pat
     finally:
         proc.send_signal(signal.SIGKILL)  # no shutdown hook, no checkpoint: only what was fsynced
         proc.wait(timeout=10)
-    proc = start(artifact_dir, free_port, db)
+    proc = serve_process(artifact_dir, free_port, db, KEY)
     try:
         body = httpx.get(f"{base}/v1/users/durable/recommendations").json()
         assert body["history_length"] == 1
@@ -57,10 +39,10 @@ def test_an_acknowledged_event_survives_kill_9(artifact_dir: Path, tmp_path: Pat
         proc.wait(timeout=30)
 
 
-def test_workers_share_the_store_and_label_their_metrics(artifact_dir: Path, tmp_path: Path,
-                                                         free_port: int) -> None:
+def test_workers_share_the_store_and_label_their_metrics(artifact_dir: Path, tmp_path: Path, free_port: int,
+                                                         serve_process: ServeProcess) -> None:
     base = f"http://127.0.0.1:{free_port}"
-    proc = start(artifact_dir, free_port, tmp_path / "events.db", "--workers", "2")
+    proc = serve_process(artifact_dir, free_port, tmp_path / "events.db", KEY, "--workers", "2")
     try:
         for i in range(3):
             r = httpx.post(f"{base}/v1/events", json={"user_id": "shared", "item_id": 101 + i},
@@ -94,9 +76,10 @@ def worker_pids(base: str, expected: int = 2, seconds: float = 60.0) -> set[str]
     return seen
 
 
-def test_the_supervisor_replaces_a_killed_worker(artifact_dir: Path, tmp_path: Path, free_port: int) -> None:
+def test_the_supervisor_replaces_a_killed_worker(artifact_dir: Path, tmp_path: Path, free_port: int,
+                                                serve_process: ServeProcess) -> None:
     base = f"http://127.0.0.1:{free_port}"
-    proc = start(artifact_dir, free_port, tmp_path / "events.db", "--workers", "2")
+    proc = serve_process(artifact_dir, free_port, tmp_path / "events.db", KEY, "--workers", "2")
     try:
         before = worker_pids(base)
         assert len(before) == 2

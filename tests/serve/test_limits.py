@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -23,6 +23,7 @@ from seqrec.serve.settings import settings_from_args
 
 KEY = "limits-key-0123456789"
 READ_TIMEOUT, KEEP_ALIVE = 2, 1  # seconds, short so the tests are quick
+ServeProcess = Callable[..., subprocess.Popen[bytes]]  # the conftest fixture serve_process
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
@@ -31,31 +32,6 @@ def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seqrec: error: "), err
     return err[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(artifact: Path, port: int, db: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """`seqrec serve` as a subprocess, output to ``log``, once /healthz answers."""
-    cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--port", str(port),
-           "--store", f"sqlite:///{db}", *extra]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, "SEQREC_API_KEY": KEY}, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120  # a loaded 2-core box needs a while to import torch
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"seqrec serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("seqrec serve did not become healthy in 120 s")
 
 
 # ---- flags ---------------------------------------------------------------------------------------
@@ -125,10 +101,12 @@ def worker_pids(base: str, expected: int = 2, seconds: float = 90.0) -> set[int]
 
 
 @linux_only
-def test_one_server_per_port_and_workers_die_with_their_supervisor(artifact_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
+def test_one_server_per_port_and_workers_die_with_their_supervisor(artifact_dir: Path, tmp_path: Path, free_port: int,
+                                                                  serve_process: ServeProcess) -> None:
+    port = free_port
     base = f"http://127.0.0.1:{port}"
-    proc = start(artifact_dir, port, tmp_path / "events.db", tmp_path / "serve.log", "--workers", "2")
+    proc = serve_process(artifact_dir, port, tmp_path / "events.db", KEY, "--workers", "2", log=tmp_path / "serve.log",
+                         wait_s=120)
     try:
         workers = worker_pids(base)
         assert len(workers) == 2
@@ -175,12 +153,13 @@ def test_the_portable_watchdog_stops_a_worker_whose_supervisor_is_gone() -> None
 
 # ---- bounded connections -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+def server(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+           serve_process: ServeProcess, port_factory: Callable[[], int]) -> Iterator[tuple[int, int]]:
     """One single-process server with short timeouts and default sizes: (port, pid)."""
     tmp = tmp_path_factory.mktemp("limits")
-    port = free_port()
-    proc = start(artifact_dir, port, tmp / "events.db", tmp / "serve.log",
-                 "--read-timeout", str(READ_TIMEOUT), "--keep-alive", str(KEEP_ALIVE))
+    port = port_factory()
+    proc = serve_process(artifact_dir, port, tmp / "events.db", KEY, "--read-timeout", str(READ_TIMEOUT),
+                         "--keep-alive", str(KEEP_ALIVE), log=tmp / "serve.log", wait_s=120)
     yield port, proc.pid
     proc.terminate()
     proc.wait(timeout=30)

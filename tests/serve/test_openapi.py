@@ -7,13 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -210,32 +208,14 @@ MAX_EXAMPLES = 30  # per operation and phase: ~650 requests, a few seconds
 SEED = 20260101
 
 
-def _serve(artifact: Path, port: int, db: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "seqrec.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
-           "--store", f"sqlite:///{db}"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "SEQREC_API_KEY": KEY}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90  # a loaded 2-core box needs a while to import torch
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"seqrec serve exited with {proc.returncode}: {err[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("seqrec serve did not become healthy in 90 s")
-
-
 @pytest.mark.schemathesis
-def test_schemathesis_finds_no_disagreement_with_the_live_server(artifact_dir: Path, tmp_path: Path,
-                                                                 free_port: int) -> None:
+def test_schemathesis_finds_no_disagreement_with_the_live_server(artifact_dir: Path, tmp_path: Path, free_port: int,
+                                                                 serve_process: Callable[..., subprocess.Popen[bytes]]
+                                                                 ) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     junit = tmp_path / "schemathesis.xml"
-    proc = _serve(artifact_dir, free_port, tmp_path / "events.db")
+    proc = serve_process(artifact_dir, free_port, tmp_path / "events.db", KEY)
     try:
         cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
                f"http://127.0.0.1:{free_port}/openapi.json", "-H", f"X-API-Key: {KEY}", "--checks", "all",
