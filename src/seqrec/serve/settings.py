@@ -141,37 +141,36 @@ def _first_line(path: Path, flag: str, what: str) -> str:
     return line
 
 
+def _read_key(key_file: Path | None, env: Mapping[str, str], flag: str, env_name: str, what: str,
+              short_hint: str | None) -> str | None:
+    """The first line of ``key_file`` when given, else ``$env_name``, else None. A key shorter than 16
+    characters is refused, its message ending with ``short_hint``; ``short_hint`` None allows it."""
+    if key_file is not None:
+        key, source = _first_line(key_file, flag, what), f"{flag} {key_file}"
+    else:
+        key, source = env.get(env_name, "").strip(), f"${env_name}"
+    if not key:
+        return None
+    if len(key) < MIN_KEY_LENGTH and short_hint is not None:
+        raise SeqrecError(f"{source}: the {what} has {len(key)} characters, fewer than {MIN_KEY_LENGTH}; "
+                          f"use a longer one ({_KEY_HINT}){short_hint}")
+    return key
+
+
 def read_api_key(key_file: Path | None, environ: Mapping[str, str] | None = None,
                  allow_short: bool = False) -> str | None:
     """The write key: the first line of ``key_file`` when given, else ``$SEQREC_API_KEY``, else None.
     A key shorter than 16 characters is refused unless ``allow_short``."""
     env = os.environ if environ is None else environ
-    if key_file is not None:
-        key, source = _first_line(key_file, "--api-key-file", "API key"), f"--api-key-file {key_file}"
-    else:
-        key, source = env.get(API_KEY_ENV, "").strip(), f"${API_KEY_ENV}"
-    if not key:
-        return None
-    if len(key) < MIN_KEY_LENGTH and not allow_short:
-        raise SeqrecError(f"{source}: the API key has {len(key)} characters, fewer than {MIN_KEY_LENGTH}; "
-                          f"use a longer one ({_KEY_HINT}) or pass --allow-short-key")
-    return key
+    return _read_key(key_file, env, "--api-key-file", API_KEY_ENV, "API key",
+                     None if allow_short else " or pass --allow-short-key")
 
 
 def read_admin_key(key_file: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The admin key (reload): the first line of ``key_file``, else ``$SEQREC_ADMIN_KEY``, else None;
     at least 16 characters, always."""
     env = os.environ if environ is None else environ
-    if key_file is not None:
-        key, source = _first_line(key_file, "--admin-key-file", "admin key"), f"--admin-key-file {key_file}"
-    else:
-        key, source = env.get(ADMIN_KEY_ENV, "").strip(), f"${ADMIN_KEY_ENV}"
-    if not key:
-        return None
-    if len(key) < MIN_KEY_LENGTH:
-        raise SeqrecError(f"{source}: the admin key has {len(key)} characters, fewer than {MIN_KEY_LENGTH}; "
-                          f"use a longer one ({_KEY_HINT})")
-    return key
+    return _read_key(key_file, env, "--admin-key-file", ADMIN_KEY_ENV, "admin key", "")
 
 
 def read_store(store: str | None, store_file: Path | None, environ: Mapping[str, str] | None = None) -> str:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Security
+from fastapi import APIRouter, Depends, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
-from seqrec.serve.routes.deps import ADMIN_KEY_HEADER, ServiceDep, SettingsDep, errors
+from seqrec.serve.routes.deps import ADMIN_KEY_HEADER, ServiceDep, SettingsDep, check_key, errors
 
 _admin_key = APIKeyHeader(name=ADMIN_KEY_HEADER, scheme_name="AdminKeyHeader", auto_error=False,
                           description="The admin key (--admin-key-file or $SEQREC_ADMIN_KEY), separate from the "
@@ -19,13 +18,8 @@ _admin_key = APIKeyHeader(name=ADMIN_KEY_HEADER, scheme_name="AdminKeyHeader", a
 
 
 async def require_admin_key(settings: SettingsDep, key: Annotated[str | None, Security(_admin_key)]) -> None:
-    expected = settings.admin_key
-    if expected is None:
-        raise HTTPException(401, "this server has no admin key configured, so reload over HTTP is disabled; "
-                                 "restart it with $SEQREC_ADMIN_KEY or --admin-key-file, or send it SIGHUP",
-                            headers={"WWW-Authenticate": "ApiKey"})
-    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
-        raise HTTPException(401, f"missing or wrong {ADMIN_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+    check_key(settings.admin_key, key, ADMIN_KEY_HEADER, "this server has no admin key configured, so reload over "
+              "HTTP is disabled; restart it with $SEQREC_ADMIN_KEY or --admin-key-file, or send it SIGHUP")
 
 
 class ReloadIn(BaseModel):

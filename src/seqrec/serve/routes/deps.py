@@ -61,16 +61,18 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 
 
-def _check_key(settings: ServeSettings, given: str | None) -> None:
-    expected = settings.api_key
+def check_key(expected: str | None, given: str | None, header: str, not_configured: str) -> None:
+    """401 unless ``given`` equals ``expected``; ``not_configured`` says what to do when no key is set."""
     if expected is None:
-        raise HTTPException(401, "this server has no API key configured, so writes are disabled; "
-                                 "restart it with $SEQREC_API_KEY or --api-key-file",
-                            headers={"WWW-Authenticate": "ApiKey"})
+        raise HTTPException(401, not_configured, headers={"WWW-Authenticate": "ApiKey"})
     # Compare bytes in constant time: a timing difference must not reveal a key prefix.
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header",
-                            headers={"WWW-Authenticate": "ApiKey"})
+        raise HTTPException(401, f"missing or wrong {header} header", headers={"WWW-Authenticate": "ApiKey"})
+
+
+def _check_key(settings: ServeSettings, given: str | None) -> None:
+    check_key(settings.api_key, given, API_KEY_HEADER, "this server has no API key configured, so writes are "
+              "disabled; restart it with $SEQREC_API_KEY or --api-key-file")
 
 
 async def require_write_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key)]) -> None:
