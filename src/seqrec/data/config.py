@@ -11,7 +11,7 @@ from seqrec.data.features import ItemFeaturesConfig
 from seqrec.data.io import ReadOptions, read_log
 from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
 from seqrec.data.split import Split, make_split
-from seqrec.datasets import KNOWN, load_dataset
+from seqrec.datasets import KNOWN, RawHook, load_dataset
 from seqrec.errors import SeqrecError
 from seqrec.items.transfer import TransferConfig
 from seqrec.settings import check_choice, check_fields, setting
@@ -83,12 +83,14 @@ class DataConfig:
         return Path(self.data).name if self.data is not None else (self.dataset or DEFAULT_DATASET)
 
 
-def load_data(config: DataConfig) -> Dataset:
-    """Read, clean and index the log that ``config`` names."""
+def load_data(config: DataConfig, raw_hook: RawHook | None = None) -> Dataset:
+    """Read, clean and index the log that ``config`` names; ``raw_hook`` transforms the raw rows first."""
     if config.data is None:
-        return load_dataset(config.dataset or DEFAULT_DATASET, config.data_root, config.preprocess)
+        return load_dataset(config.dataset or DEFAULT_DATASET, config.data_root, config.preprocess, raw_hook)
     path = Path(config.data)
     frame = read_log(path, config.read)
+    if raw_hook is not None:
+        frame = raw_hook(frame)
     return build_dataset(frame, config.preprocess, name=path.name, source=str(path),
                          header_rows=int(config.read.header))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,15 +57,21 @@ def _info(name: str) -> KnownDataset:
     return KNOWN[name]
 
 
+RawHook = Callable[[pd.DataFrame], pd.DataFrame]  # raw log rows in, raw log rows out
+
+
 def load_dataset(name: str, data_root: Path | str = "../shared/data",
-                 options: PreprocessOptions | None = None) -> Dataset:
-    """Load a bundled or known dataset by name, preprocessed with ``options``."""
+                 options: PreprocessOptions | None = None, raw_hook: RawHook | None = None) -> Dataset:
+    """Load a bundled or known dataset by name, preprocessed with ``options``; ``raw_hook`` transforms the
+    raw rows before anything is cleaned or indexed (e.g. dropping or pseudonymising users)."""
     info = _info(name)
     path = dataset_path(name, Path(data_root))
     if not path.exists():
         raise DataError(f"dataset {name!r} is not at {path}; set --data-root to the folder that holds {info.path}")
     titles = _titles(bundled_path(info.titles)) if info.titles else None
     frame = read_log(path, info.read)
+    if raw_hook is not None:
+        frame = raw_hook(frame)
     return build_dataset(frame, options, name=name, source=str(path), header_rows=int(info.read.header),
                          titles=titles)
 

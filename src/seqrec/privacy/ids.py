@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from seqrec.data.config import DEFAULT_DATASET, DataConfig
-from seqrec.data.io import read_log
-from seqrec.data.preprocess import Dataset, build_dataset
-from seqrec.datasets import KNOWN, bundled_path, dataset_path
+from seqrec.data.config import DataConfig
+from seqrec.data.config import load_data as plain_load_data
+from seqrec.data.preprocess import Dataset
 from seqrec.errors import SeqrecError
 
 MIN_KEY_BYTES = 16  # 128 bits: shorter keys could be guessed, and with them every pseudonym reversed
@@ -94,22 +93,11 @@ def apply(frame: pd.DataFrame, ingest: Ingest) -> tuple[pd.DataFrame, int]:
 def load_data(config: DataConfig, ingest: Ingest) -> tuple[Dataset, int]:
     """``seqrec.data.config.load_data`` with ``ingest`` applied to the raw rows before cleaning, k-cores
     and id maps, so an excluded user leaves no trace in what is built: (dataset, rows dropped)."""
-    if config.data is not None:
-        path = Path(config.data)
-        frame, dropped = apply(read_log(path, config.read), ingest)
-        return build_dataset(frame, config.preprocess, name=path.name, source=str(path),
-                             header_rows=int(config.read.header)), dropped
-    name = config.dataset or DEFAULT_DATASET
-    info = KNOWN[name]
-    path = dataset_path(name, Path(config.data_root))
-    if not path.exists():
-        raise SeqrecError(f"dataset {name!r} is not at {path}; set --data-root to the folder that holds {info.path}")
-    titles = _titles(bundled_path(info.titles)) if info.titles else None
-    frame, dropped = apply(read_log(path, info.read), ingest)
-    return build_dataset(frame, config.preprocess, name=name, source=str(path), header_rows=int(info.read.header),
-                         titles=titles), dropped
+    dropped = 0
 
+    def hook(frame: pd.DataFrame) -> pd.DataFrame:
+        nonlocal dropped
+        out, dropped = apply(frame, ingest)
+        return out
 
-def _titles(path: Path) -> dict[object, str]:
-    movies = pd.read_csv(path, dtype={"movieId": "int64", "title": str})
-    return dict(zip(movies["movieId"].tolist(), movies["title"].tolist(), strict=True))
+    return plain_load_data(config, hook), dropped
