@@ -48,7 +48,7 @@ from seqrec.datasets import load_dataset
 from seqrec.models.registry import create
 from seqrec.tiled_ce import tiled_ce
 from seqrec.train.config import TrainConfig
-from seqrec.train.loop import make_optimizer, param_groups
+from seqrec.train.optim import make_optimizer, param_groups
 
 ROOT = Path(__file__).resolve().parent
 DATA_ROOT = ROOT.parent.parent / "shared" / "data"

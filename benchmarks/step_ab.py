@@ -39,7 +39,8 @@ def child(src: str, dataset: str, steps: int, warmup: int, threads: int) -> None
     from seqrec.data.batch import TrainBatches
     from seqrec.datasets import load_dataset
     from seqrec.models.registry import create
-    from seqrec.train.loop import Trainer, make_optimizer
+    from seqrec.train.loop import Trainer
+    from seqrec.train.optim import make_optimizer
 
     torch.set_num_threads(threads)
     split = seqrec.leave_one_out(load_dataset(dataset, DATA_ROOT))

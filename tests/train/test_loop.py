@@ -16,7 +16,8 @@ from seqrec.errors import SeqrecError
 from seqrec.losses import LossConfig
 from seqrec.models.registry import create
 from seqrec.scoring import catalog_scores
-from seqrec.train.loop import Trainer, fit, lr_factor, make_optimizer, param_groups, training_sequences
+from seqrec.train.loop import Trainer, fit, lr_factor, training_sequences
+from seqrec.train.optim import make_optimizer, param_groups
 
 MAX_LEN = 10
 CFG = seqrec.TrainConfig(epochs=4, batch_size=32, lr=5e-3, seed=3, patience=10)
