@@ -71,6 +71,7 @@ class ScoreRequest:
     k: int
     exclude_seen: bool
     banned: np.ndarray  # (m,) internal item ids never to return
+    query: torch.Tensor | None = None  # (D,) the history's query when known already (a recurrent state)
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,13 @@ class ServedModel:
         """Top-k for many histories with one forward pass (the micro-batcher calls this)."""
         lengths = np.array([len(r.history) for r in requests], dtype=np.int64)
         seqs = Sequences.from_lengths(lengths, np.concatenate([r.history for r in requests]))
+        given = self._given_queries(seqs, requests)
         if self.ann is not None:
-            return self._score_approx(seqs, requests)
+            return self._score_approx(seqs, requests, given)
         with torch.inference_mode():
-            if self._session is None:
+            if given is not None:
+                scores = catalog_scores(given, self._table).float()
+            elif self._session is None:
                 scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False,
                                          table=self._table)  # (R, N + 1)
             else:
@@ -164,10 +168,25 @@ class ServedModel:
         values, indices = top_values.cpu().numpy(), top_indices.cpu().numpy()
         return [_finite(indices[row, : r.k], values[row, : r.k]) for row, r in enumerate(requests)]
 
-    def _score_approx(self, seqs: Sequences, requests: list[ScoreRequest]) -> list[Ranked]:
+    def _given_queries(self, seqs: Sequences, requests: list[ScoreRequest]) -> torch.Tensor | None:
+        """(R, D) queries when some requests bring their own (the rest encoded as usual); None when none does."""
+        missing = np.array([i for i, r in enumerate(requests) if r.query is None], dtype=np.int64)
+        if len(missing) == len(requests):
+            return None
+        with torch.inference_mode():
+            rows = [r.query for r in requests]
+            if len(missing):
+                encoded = self._encode(Sequences.from_lengths(seqs.lengths[missing],
+                                                              np.concatenate([requests[i].history for i in missing])))
+                for n, i in enumerate(missing.tolist()):
+                    rows[i] = encoded[n]
+            return torch.stack([q for q in rows if q is not None]).to(self.model.device)
+
+    def _score_approx(self, seqs: Sequences, requests: list[ScoreRequest],
+                      given: torch.Tensor | None = None) -> list[Ranked]:
         assert self.ann is not None
         with torch.inference_mode():
-            query = self._encode(seqs).float().cpu().numpy()
+            query = (self._encode(seqs) if given is None else given).float().cpu().numpy()
         excluded = [np.concatenate([r.history, r.banned]) if r.exclude_seen else r.banned for r in requests]
         found = self.ann.search(query, max(r.k for r in requests), excluded)
         return [_finite(found.items[row][: r.k], found.scores[row][: r.k]) for row, r in enumerate(requests)]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from seqrec.artifact import load_artifact
 from seqrec.devices import resolve_device
@@ -33,7 +35,8 @@ from seqrec.serve.batching import MicroBatcher
 from seqrec.serve.index import ExternalId, Ranked, ScoreRequest, ServedModel, model_version
 from seqrec.serve.metrics import Metrics
 from seqrec.serve.settings import ServeSettings
-from seqrec.serve.store import Event, EventStore, StoreError, open_store
+from seqrec.serve.state import RecurrentStepper, history_digest, is_recurrent
+from seqrec.serve.store import CachedState, Event, EventStore, StoreError, UserState, open_store
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -103,7 +106,7 @@ class Service:
     def __init__(self, index: ServedModel, store: EventStore, history_cap: int = 200,
                  max_score_batch: int = 64, clock: Callable[[], float] = time.time,
                  worker: str | None = None, loader: Callable[[Path], ServedModel] | None = None,
-                 artifact: Path | None = None) -> None:
+                 artifact: Path | None = None, keep_state: bool = True) -> None:
         # Swapped whole by reload(): a reader takes ``self.index`` once and uses that model throughout.
         self.index = index
         self._loader = loader
@@ -112,6 +115,11 @@ class Service:
         self.store = store
         self.history_cap = history_cap
         self.clock = clock
+        # Recurrent models keep each user's hidden state in the store (see seqrec.serve.state).
+        self.keep_state = keep_state
+        self._steppers: weakref.WeakKeyDictionary[ServedModel, RecurrentStepper | None] = weakref.WeakKeyDictionary()
+        self.state_hits = 0  # user recommendations scored from a stored state (scorer thread only)
+        self.state_misses = 0  # ... re-encoded although the model keeps states (none, stale, or too long)
         self.metrics = Metrics(index.model_name, index.version, store.kind, worker)
         self._scorer = MicroBatcher(self._score_batch, max_score_batch, self.metrics.observe_batch,
                                     name="seqrec-scorer")
@@ -176,8 +184,12 @@ class Service:
         return self._writer.submit(stored)
 
     def _write_batch(self, posts: list[list[Event]]) -> list[EventsAdded | Exception]:
-        """One transaction for every queued post: all of them are durable, or none is."""
-        self.store.append([e for post in posts for e in post], self.history_cap)
+        """One transaction for every queued post: all of them are durable, or none is. A recurrent model's
+        user states advance in the same transaction."""
+        index = self.index
+        stepper = self.stepper(index)
+        advance = None if stepper is None else (lambda user, state: self._advance(index, stepper, user, state))
+        self.store.append([e for post in posts for e in post], self.history_cap, advance)
         out: list[EventsAdded | Exception] = []
         for post in posts:
             unknown = [e.item_id for e in post if self.index.items.internal(e.item_id) < 0]
@@ -216,6 +228,45 @@ class Service:
                           exclude_seen: bool = True) -> Recommendations:
         return self.submit_history(history, k, exclude, exclude_seen).result()
 
+    def stepper(self, index: ServedModel) -> RecurrentStepper | None:
+        """The recurrent state stepper of ``index``'s model; None for other models or with states off."""
+        if not self.keep_state or index.backend != "torch" or not is_recurrent(index.model):
+            return None
+        if index not in self._steppers:
+            self._steppers[index] = RecurrentStepper(index.model)
+        return self._steppers[index]
+
+    def _advance(self, index: ServedModel, stepper: RecurrentStepper, user: str,
+                 state: UserState) -> CachedState | None:
+        """The user's state after their new events: the stored state stepped over the items it lacks when it
+        is this model's state of a prefix of the history, else one pass over the history; None (keep no
+        state) for a history longer than the model's window, which a state cannot slide."""
+        history, _ = self._history(index, user, state)
+        if not 0 < len(history) <= stepper.max_len:
+            return None
+        old, rnn = state.cached, None
+        if (old is not None and old.version == index.version and 0 < old.length <= len(history)
+                and old.digest == history_digest(history[: old.length])):
+            rnn = stepper.from_bytes(old.data, old.length)
+        rnn = stepper.from_history(history) if rnn is None else stepper.advance(rnn, history[rnn.length:])
+        return CachedState(index.version, len(history), history_digest(history), stepper.to_bytes(rnn))
+
+    def _state_query(self, index: ServedModel, history: np.ndarray, cached: CachedState | None) -> torch.Tensor | None:
+        """The query from the stored state when it is this model's state of exactly this history."""
+        stepper = self.stepper(index)
+        if stepper is None:
+            return None
+        if (cached is None or cached.version != index.version or cached.length != len(history)
+                or len(history) > stepper.max_len or cached.digest != history_digest(history)):
+            self.state_misses += 1
+            return None
+        rnn = stepper.from_bytes(cached.data, cached.length)
+        if rnn is None:
+            self.state_misses += 1
+            return None
+        self.state_hits += 1
+        return stepper.query(rnn)
+
     def user_history(self, user_id: ExternalId, index: ServedModel | None = None) -> tuple[np.ndarray, int]:
         """(internal item ids oldest first; number of unknown items skipped).
 
@@ -224,7 +275,9 @@ class Service:
         """
         ix = self.index if index is None else index
         canonical = ix.users.canonical(user_id)
-        state = self.store.user_state(canonical, self.history_cap)
+        return self._history(ix, canonical, self.store.user_state(canonical, self.history_cap))
+
+    def _history(self, ix: ServedModel, canonical: str, state: UserState) -> tuple[np.ndarray, int]:
         user = ix.users.internal(canonical)
         from_artifact = user >= 0 and not state.forgotten
         if not from_artifact and not state.items:
@@ -238,11 +291,15 @@ class Service:
     def _prepare(self, query: _UserQuery | _HistoryQuery, index: ServedModel) -> _HistoryQuery:
         if isinstance(query, _HistoryQuery):
             return query
-        history, unknown = self.user_history(query.user_id, index)
+        canonical = index.users.canonical(query.user_id)
+        stepper = self.stepper(index)
+        state = self.store.user_state(canonical, self.history_cap, with_cache=stepper is not None)
+        history, unknown = self._history(index, canonical, state)
         if not len(history):
             raise Invalid(f"user {str(query.user_id)!r} has only events on items the model does not know; "
                           "nothing to score from")
-        return _HistoryQuery(ScoreRequest(history, query.k, query.exclude_seen, _EMPTY), unknown)
+        return _HistoryQuery(ScoreRequest(history, query.k, query.exclude_seen, _EMPTY,
+                                          self._state_query(index, history, state.cached)), unknown)
 
     def _score_batch(self, queries: list[_UserQuery | _HistoryQuery]) -> list[Recommendations | Exception]:
         """Runs on the scorer thread: read the histories, then one forward pass for all of them."""

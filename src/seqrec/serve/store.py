@@ -19,9 +19,10 @@ import hmac
 import os
 import secrets
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
@@ -43,18 +44,57 @@ class Event:
 
 
 @dataclass(frozen=True)
+class CachedState:
+    """A model's state for one user's history (the recurrent models' hidden state), kept beside the events.
+
+    Opaque to the store: the service writes it and uses it only when ``version`` is the served model's and
+    ``length`` and ``digest`` name the user's history exactly (see :mod:`seqrec.serve.state`)."""
+
+    version: str  # the model version it was computed with
+    length: int  # history items folded in
+    digest: bytes  # of those items (internal ids), 16 bytes
+    data: bytes  # the state itself
+
+    def to_bytes(self) -> bytes:
+        version = self.version.encode()
+        return struct.pack(">HQ", len(version), self.length) + version + self.digest + self.data
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CachedState | None:
+        """None for bytes that are not a state (a damaged or foreign value: the state is recomputed)."""
+        head = struct.calcsize(">HQ")
+        if len(raw) < head:
+            return None
+        n, length = struct.unpack(">HQ", raw[:head])
+        if len(raw) < head + n + 16:
+            return None
+        try:
+            version = raw[head: head + n].decode()
+        except UnicodeDecodeError:
+            return None
+        return cls(version, length, raw[head + n: head + n + 16], raw[head + n + 16:])
+
+
+@dataclass(frozen=True)
 class UserState:
     items: list[str]  # posted item ids, oldest first, at most the cap
     forgotten: bool  # the user asked to be forgotten: ignore their artifact history
+    cached: CachedState | None = None  # the model state kept for this user, when asked for and present
+
+
+# Called by ``append`` for each user with events, inside the append (SQLite: the same transaction), with
+# the user's state after the append: the new cached state to keep, or None to keep none.
+Advance = Callable[[str, UserState], "CachedState | None"]
 
 
 class EventStore(Protocol):
     kind: str
 
-    def append(self, events: Sequence[Event], cap: int) -> None:
-        """Append atomically (all or nothing), then keep each user's last ``cap`` events."""
+    def append(self, events: Sequence[Event], cap: int, advance: Advance | None = None) -> None:
+        """Append atomically (all or nothing), then keep each user's last ``cap`` events; with ``advance``,
+        replace each of those users' cached state by what it returns."""
 
-    def user_state(self, user_id: str, limit: int) -> UserState: ...
+    def user_state(self, user_id: str, limit: int, with_cache: bool = False) -> UserState: ...
 
     def forget(self, user_id: str, tombstone: bool) -> int:
         """Erase every event of the user (from disk too); return how many there were."""
@@ -89,6 +129,7 @@ CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, id);
 CREATE TABLE IF NOT EXISTS forgotten (user_hash TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS states (user_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -155,28 +196,41 @@ class SQLiteStore:
                 self._readers.append(conn)
         return conn
 
-    def append(self, events: Sequence[Event], cap: int) -> None:
+    def append(self, events: Sequence[Event], cap: int, advance: Advance | None = None) -> None:
         with self._transaction() as conn:
             conn.executemany("INSERT INTO events (user_id, item_id, ts) VALUES (?, ?, ?)",
                              [(e.user_id, e.item_id, e.timestamp) for e in events])
             for user, _ in _by_user(events):
                 conn.execute("DELETE FROM events WHERE user_id = ?1 AND id < (SELECT id FROM events "
                              "WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (user, cap - 1))
+                if advance is not None:
+                    new = advance(user, self._read(conn, user, cap, with_cache=True))
+                    if new is None:
+                        conn.execute("DELETE FROM states WHERE user_id = ?", (user,))
+                    else:
+                        conn.execute("INSERT OR REPLACE INTO states VALUES (?, ?)", (user, new.to_bytes()))
 
-    def user_state(self, user_id: str, limit: int) -> UserState:
-        conn = self._reader()
+    def user_state(self, user_id: str, limit: int, with_cache: bool = False) -> UserState:
         try:
-            rows = conn.execute("SELECT item_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-                                (user_id, limit)).fetchall()
-            gone = conn.execute("SELECT 1 FROM forgotten WHERE user_hash = ?",
-                                (_tombstone(self._salt, user_id),)).fetchone()
+            return self._read(self._reader(), user_id, limit, with_cache)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
-        return UserState([r[0] for r in reversed(rows)], gone is not None)
+
+    def _read(self, conn: sqlite3.Connection, user_id: str, limit: int, with_cache: bool) -> UserState:
+        rows = conn.execute("SELECT item_id FROM events WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                            (user_id, limit)).fetchall()
+        gone = conn.execute("SELECT 1 FROM forgotten WHERE user_hash = ?",
+                            (_tombstone(self._salt, user_id),)).fetchone()
+        cached = None
+        if with_cache:
+            row = conn.execute("SELECT state FROM states WHERE user_id = ?", (user_id,)).fetchone()
+            cached = None if row is None else CachedState.from_bytes(bytes(row[0]))
+        return UserState([r[0] for r in reversed(rows)], gone is not None, cached)
 
     def forget(self, user_id: str, tombstone: bool) -> int:
         with self._transaction() as conn:
             n = conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            conn.execute("DELETE FROM states WHERE user_id = ?", (user_id,))  # derived from the events
             if tombstone:
                 conn.execute("INSERT OR IGNORE INTO forgotten VALUES (?)", (_tombstone(self._salt, user_id),))
         self._checkpoint()
@@ -252,24 +306,54 @@ class RedisStore:
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}events:{user_id}"
 
-    def append(self, events: Sequence[Event], cap: int) -> None:
+    def _state_key(self, user_id: str) -> str:
+        return f"{self.prefix}state:{user_id}"
+
+    def append(self, events: Sequence[Event], cap: int, advance: Advance | None = None) -> None:
+        """With ``advance``, the users' lists and states are read in the appending MULTI and the new states
+        written after it: a state written late by another worker is caught by its digest when read."""
         pipe = self._client.pipeline(transaction=True)
+        users = []
         for user, group in _by_user(events):
+            users.append(user)
             pipe.rpush(self._key(user), *[f"{e.timestamp!r} {e.item_id}" for e in group])
             pipe.ltrim(self._key(user), -cap, -1)
-        self._run(pipe)
+            if advance is not None:
+                self._queue_read(pipe, user, cap, with_cache=True)
+        replies = self._run(pipe)
+        if advance is None:
+            return
+        writes = self._client.pipeline(transaction=False)
+        for n, user in enumerate(users):
+            new = advance(user, self._parse(replies[5 * n + 2: 5 * n + 5]))
+            if new is None:
+                writes.delete(self._state_key(user))
+            else:
+                writes.set(self._state_key(user), new.to_bytes())
+        self._run(writes)
 
-    def user_state(self, user_id: str, limit: int) -> UserState:
-        pipe = self._client.pipeline(transaction=False)
+    def _queue_read(self, pipe: Any, user_id: str, limit: int, with_cache: bool) -> None:
         pipe.lrange(self._key(user_id), -limit, -1)
         pipe.sismember(self.prefix + "forgotten", _tombstone(self._salt, user_id))
-        raw, gone = self._run(pipe)
-        return UserState([r.decode().split(" ", 1)[1] for r in raw], bool(gone))
+        if with_cache:
+            pipe.get(self._state_key(user_id))
+
+    @staticmethod
+    def _parse(replies: list[Any]) -> UserState:
+        raw, gone, *rest = replies
+        cached = CachedState.from_bytes(rest[0]) if rest and isinstance(rest[0], bytes) else None
+        return UserState([r.decode().split(" ", 1)[1] for r in raw], bool(gone), cached)
+
+    def user_state(self, user_id: str, limit: int, with_cache: bool = False) -> UserState:
+        pipe = self._client.pipeline(transaction=False)
+        self._queue_read(pipe, user_id, limit, with_cache)
+        return self._parse(self._run(pipe))
 
     def forget(self, user_id: str, tombstone: bool) -> int:
         pipe = self._client.pipeline(transaction=True)
         pipe.llen(self._key(user_id))
         pipe.delete(self._key(user_id))
+        pipe.delete(self._state_key(user_id))  # derived from the events
         if tombstone:
             pipe.sadd(self.prefix + "forgotten", _tombstone(self._salt, user_id))
         n = self._run(pipe)[0]
