@@ -33,6 +33,7 @@ from seqrec.items.features import prepare_tower
 from seqrec.items.transfer import transfer_hook
 from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
+from seqrec.prepare import add_parser as add_prepare_parser
 from seqrec.privacy import commands as privacy_commands
 from seqrec.privacy.ids import ENV_KEY, pseudonym
 from seqrec.recommender import Recommender
@@ -582,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+    add_prepare_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from seqrec.data import outofcore, prepared
 from seqrec.data.features import ItemFeaturesConfig
 from seqrec.data.io import ReadOptions, read_log
 from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
@@ -47,6 +48,8 @@ class DataConfig:
                                   "given); `seqrec datasets` lists them", check=check_dataset)
     data: str | None = setting(None, "path to an interaction log: csv/tsv/parquet/.dat/.inter/user-per-line, "
                                ".gz ok (read with the read options)")
+    prepared: str | None = setting(None, "a folder written by `seqrec prepare`: train from its memory-mapped "
+                                   "arrays, without reading or cleaning the log again")
     data_root: str = setting("../shared/data", "folder holding the known datasets (the command line's default is "
                              "$SEQREC_DATA_ROOT when set)")
     read: ReadOptions = field(default_factory=ReadOptions)
@@ -63,6 +66,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.prepared is not None:
+            check_prepared_config(self)
         if self.dataset is not None and self.data is not None:
             raise SeqrecError("give a dataset (--dataset) or a data file (--data), not both")
         if self.dataset is not None and self.read != ReadOptions():
@@ -80,14 +85,30 @@ class DataConfig:
     @property
     def name(self) -> str:
         """The dataset's name: the known name, or the log file's name."""
+        if self.prepared is not None:
+            return Path(self.prepared).name
         return Path(self.data).name if self.data is not None else (self.dataset or DEFAULT_DATASET)
+
+
+def check_prepared_config(config: DataConfig) -> None:
+    """``--prepared`` replaces the log and its reading and cleaning options, which were fixed when preparing."""
+    if config.dataset is not None or config.data is not None:
+        raise SeqrecError("give a prepared dataset (--prepared) or a log (--data/--dataset), not both")
+    if config.read != ReadOptions() or config.preprocess != PreprocessOptions():
+        raise SeqrecError("the read and cleaning options (--user-col, --user-core, ...) were fixed by `seqrec "
+                          "prepare`; leave them out with --prepared, or prepare the log again with them")
 
 
 def load_data(config: DataConfig, raw_hook: RawHook | None = None) -> Dataset:
     """Read, clean and index the log that ``config`` names; ``raw_hook`` transforms the raw rows first."""
+    if config.prepared is not None:
+        return prepared.load_for_training(Path(config.prepared), raw_hook is not None)
     if config.data is None:
         return load_dataset(config.dataset or DEFAULT_DATASET, config.data_root, config.preprocess, raw_hook)
     path = Path(config.data)
+    outofcore.check_fits_in_memory(path, config.read)
+    if path.is_dir():  # a directory of Parquet files: read batch by batch, as `seqrec prepare` reads it
+        return prepared.build_in_memory(path, config.read, config.preprocess, raw_hook is not None)
     frame = read_log(path, config.read)
     if raw_hook is not None:
         frame = raw_hook(frame)
