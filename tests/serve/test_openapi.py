@@ -24,6 +24,7 @@ KEY = "openapi-key-0123456789"  # 16+ characters: `seqrec serve` refuses shorter
 READS = {("/v1/users/{user_id}/recommendations", "get"), ("/v1/recommendations", "post"),
          ("/v1/items/{item_id}/similar", "get")}
 WRITES = {("/v1/events", "post"), ("/v1/users/{user_id}", "delete")}
+KEYED_READS = {("/v1/users", "get"), ("/v1/users/{user_id}/history", "get")}  # user ids: keyed on every server
 OPEN = {("/healthz", "get"), ("/metrics", "get")}
 # every status each operation can answer, besides 401 on the reads of a server with --read-requires-key
 STATUSES = {
@@ -32,6 +33,8 @@ STATUSES = {
     ("/v1/users/{user_id}/recommendations", "get"): {"200", "404", "413", "422", "503"},
     ("/v1/recommendations", "post"): {"200", "400", "413", "422"},
     ("/v1/items/{item_id}/similar", "get"): {"200", "404", "413", "422"},
+    ("/v1/users", "get"): {"200", "401", "413", "422", "503"},
+    ("/v1/users/{user_id}/history", "get"): {"200", "401", "404", "413", "422", "503"},
     ("/healthz", "get"): {"200", "413", "503"},
     ("/metrics", "get"): {"200", "413"},
 }
@@ -50,7 +53,7 @@ def operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def test_every_status_an_operation_answers_is_documented_with_the_error_body(client: TestClient) -> None:
     ops = operations(spec_of(client))
-    assert set(ops) == READS | WRITES | OPEN
+    assert set(ops) == READS | WRITES | KEYED_READS | OPEN
     for key, op in ops.items():
         assert set(op["responses"]) == STATUSES[key], key
         for status, response in op["responses"].items():
@@ -70,7 +73,7 @@ def test_writes_need_the_key_and_reads_are_open_by_design(client: TestClient, au
     ops = operations(spec)
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["in"] == "header"
     assert "open on this server, by design" in spec["info"]["description"]
-    for key in WRITES:
+    for key in WRITES | KEYED_READS:
         assert ops[key]["security"] == [{"APIKeyHeader": []}], key
         assert "Needs the `X-API-Key` header" in ops[key]["description"]
     for key in READS:
@@ -97,8 +100,10 @@ def test_with_read_requires_key_the_reads_are_keyed_in_the_document_too(make_cli
     for key in READS | WRITES:
         assert ops[key]["security"] == [{"APIKeyHeader": []}], key
         assert set(ops[key]["responses"]) == STATUSES[key] | {"401"}, key
+    for key in OPEN | KEYED_READS:
+        assert set(ops[key]["responses"]) == STATUSES[key], key
     for key in OPEN:
-        assert "security" not in ops[key] and set(ops[key]["responses"]) == STATUSES[key]
+        assert "security" not in ops[key]
     r = client.get("/v1/users/1/recommendations")
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
     assert client.get("/v1/users/1/recommendations", headers=auth).status_code == 200

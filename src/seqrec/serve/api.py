@@ -22,6 +22,7 @@ from seqrec.serve.index import ServedModel
 from seqrec.serve.metrics import Metrics
 from seqrec.serve.routes import admin, events, items, ops, recommendations, users
 from seqrec.serve.routes.deps import API_KEY_HEADER, CLIENT_GONE, EVERY_ROUTE_ERRORS, KEY_ERRORS, ClientGone, ReadKey
+from seqrec.serve.routes.page import mount_pages
 from seqrec.serve.schemas import INT64_MAX, INT64_MIN, MAX_K
 from seqrec.serve.service import Invalid, NotFound, ReloadFailed, ServeError, Service
 from seqrec.serve.settings import ServeSettings
@@ -35,6 +36,7 @@ _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "metho
 CLIENT_CLOSED = 499
 
 WRITE_ROUTERS = (events.router, users.writes)
+PRIVATE_ROUTERS = (users.private,)  # reads that list user ids or show a history: always keyed
 READ_ROUTERS = (users.reads, recommendations.router, items.router)
 OPEN_ROUTERS = (ops.router,)
 ADMIN_ROUTERS = (admin.router,)
@@ -52,7 +54,9 @@ def _description(reads: str) -> str:
   `APIKeyHeader` security scheme); a server started without a key answers every write with `401`.
 * **Reads** (`GET /v1/users/{{user_id}}/recommendations`, `POST /v1/recommendations`,
   `GET /v1/items/{{item_id}}/similar`): {reads}
-* `/healthz` and `/metrics` are always open.
+* **Keyed reads** (`GET /v1/users`, `GET /v1/users/{{user_id}}/history`) list user ids and show what a user
+  did, so they need the `{API_KEY_HEADER}` header on every server.
+* `/healthz` and `/metrics` are always open. The browser page at `/` uses these routes.
 * Every response carries `X-Model-Version` (model name + hash of its weights).
 * Errors are JSON: `{{"error": code, "message": text, "details": [...]}}`. Any route answers `413` to a body
   larger than `--max-body-bytes`; each operation lists the other statuses it can answer.
@@ -72,10 +76,11 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
 
     keyed_reads = settings.read_requires_key
     app = FastAPI(title="seqrec", version="1", lifespan=lifespan, responses=EVERY_ROUTE_ERRORS,
-                  description=_description(READS_KEYED if keyed_reads else READS_OPEN))
+                  description=_description(READS_KEYED if keyed_reads else READS_OPEN),
+                  docs_url=None, redoc_url=None)  # mount_pages serves both from local files
     app.state.service = service
     app.state.settings = settings
-    for router in (*WRITE_ROUTERS, *OPEN_ROUTERS):
+    for router in (*WRITE_ROUTERS, *PRIVATE_ROUTERS, *OPEN_ROUTERS):
         app.include_router(router)
     admin_on = settings.admin_key is not None
     for router in ADMIN_ROUTERS:  # documented only where it can work; without an admin key it answers 401
@@ -91,6 +96,7 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
     app.add_middleware(ServingMiddleware, metrics=service.metrics, version=lambda: service.version,
                        max_body=settings.max_body_bytes)
     _document(app, service.index, keyed_reads, admin_on)
+    mount_pages(app)
     return app
 
 
@@ -139,6 +145,8 @@ def _document(app: FastAPI, index: ServedModel, keyed_reads: bool, admin: bool =
         body["examples"] = [{"history": known, "k": min(3, n_items)}]
         access = {**_operations(READ_ROUTERS, READS_KEYED if keyed_reads else READS_OPEN),
                   **_operations(WRITE_ROUTERS, f"Needs the `{API_KEY_HEADER}` header."),
+                  **_operations(PRIVATE_ROUTERS, f"Needs the `{API_KEY_HEADER}` header on every server: user ids "
+                                "and histories, which the open reads never list."),
                   **_operations(OPEN_ROUTERS, "Always open."),
                   **(_operations(ADMIN_ROUTERS, "Needs the `X-Admin-Key` header (the admin key).") if admin else {})}
         for (path, method), text in access.items():

@@ -120,6 +120,24 @@ class SimilarItemsOut(BaseModel):
     items: list[ScoredItemOut]
 
 
+class UsersOut(BaseModel):
+    users: list[int | str] = Field(description="user ids from the training data in the artifact's order, forgotten "
+                                   "users left out")
+    next_offset: int | None = Field(description="the offset of the next page; null on the last one")
+
+
+class HistoryItemOut(BaseModel):
+    item_id: int | str
+    title: str | None = None
+
+
+class UserHistoryOut(BaseModel):
+    user_id: str
+    items: list[HistoryItemOut] = Field(description="the last `limit` items of the history, oldest first")
+    history_length: int = Field(description="known history items, all of them (the model reads the last max_len)")
+    unknown_history_items: int = Field(description="posted items the model does not know (stored, not listed)")
+
+
 class ForgetOut(BaseModel):
     user_id: str
     deleted_events: int

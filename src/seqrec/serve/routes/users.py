@@ -1,4 +1,5 @@
-"""/v1/users/{user_id}: recommendations from the stored history (a read), and forgetting a user (a write)."""
+"""/v1/users: recommendations from the stored history (a read), forgetting a user (a write), and the keyed
+reads that show user ids: the list of users and a user's history."""
 
 from __future__ import annotations
 
@@ -8,12 +9,26 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from seqrec.serve.routes.deps import KEY_ERRORS, STORE_DOWN, ServiceDep, WriteKey, errors, json_body, scored
 from seqrec.serve.routes.recommendations import scored_out
-from seqrec.serve.schemas import ID_PATTERN, MAX_K, ForgetOut, UserRecommendationsOut
+from seqrec.serve.schemas import (
+    ID_PATTERN,
+    INT64_MAX,
+    MAX_HISTORY,
+    MAX_K,
+    ForgetOut,
+    HistoryItemOut,
+    UserHistoryOut,
+    UserRecommendationsOut,
+    UsersOut,
+)
 
 # Two routers, as the two routes differ in access: create_app adds the read key check to `reads` only
 # when the server runs with --read-requires-key; `writes` always needs the key.
 reads = APIRouter(prefix="/v1/users", tags=["users"])
 writes = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[WriteKey], responses=KEY_ERRORS)
+# Reads that show user ids and what a user did: keyed on every server, as the open reads never list either.
+private = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[WriteKey], responses=KEY_ERRORS)
+
+MAX_USERS = 100  # users in one page of GET /v1/users
 
 UserId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN)]
 
@@ -44,3 +59,32 @@ def forget_user(service: ServiceDep, user_id: UserId) -> ForgetOut:
     """Erases every stored event of the user, from disk too; a user from the training data stops
     getting their training history. Idempotent: forgetting twice is not an error."""
     return ForgetOut(user_id=user_id, deleted_events=service.forget(user_id))
+
+
+@private.get("", response_model=UsersOut, summary="List users of the training data",
+             responses=errors({422: f"invalid limit (1..{MAX_USERS}) or offset (0 or more)", 503: STORE_DOWN}))
+def list_users(service: ServiceDep, limit: Annotated[int, Query(ge=1, le=MAX_USERS)] = 20,
+               offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0) -> UsersOut:
+    """The training data's users ``offset`` to ``offset + limit``, less those forgotten since (a page may be
+    shorter than ``limit``; ``next_offset`` goes on). Users known only from posted events are not listed."""
+    ids = service.index.users
+    page = ids.external[offset:offset + limit]
+    kept = [user for user in page if not service.store.user_state(ids.canonical(user), 1).forgotten]
+    end = offset + len(page)
+    return UsersOut(users=kept, next_offset=end if end < len(ids) else None)
+
+
+@private.get("/{user_id}/history", response_model=UserHistoryOut, summary="A user's history, with item titles",
+             responses=errors({
+                 404: "unknown user: not in the training data and no events posted (or forgotten since)",
+                 422: f"invalid user id or limit (1..{MAX_HISTORY})",
+                 503: STORE_DOWN}))
+def user_history(service: ServiceDep, user_id: UserId,
+                 limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 50) -> UserHistoryOut:
+    """The history the recommendations are scored from: the training-data history followed by the events
+    posted since, items the model does not know left out (and counted)."""
+    index = service.index  # one model throughout, even if a reload swaps it meanwhile
+    history, unknown = service.user_history(user_id, index)
+    items = [HistoryItemOut(item_id=index.items.external_of(i), title=index.title(i))
+             for i in history[-limit:].tolist()]
+    return UserHistoryOut(user_id=user_id, items=items, history_length=len(history), unknown_history_items=unknown)
