@@ -7,8 +7,9 @@ leave-one-out split and the training windows, with seconds per stage and peak me
 
 Out of core (``--prepare``): the log is written as a directory of Parquet files (one per "day", chunk by
 chunk, so generating stays small) under --scratch, then ``seqrec prepare`` runs on it in a child process
-(its wall time and peak RSS are the child's), then ``seqrec train --prepared`` in another child, timed from
-its start to the first optimizer step (a global optimizer hook stops it there). ``--baseline`` also
+(its wall time and peak RSS are the child's), then the path of ``seqrec train --prepared`` (load_data,
+split_data, Recommender.fit; without the popular baseline the command evaluates first) in another child,
+timed from its start to the first optimizer step (a global optimizer hook stops it there). ``--baseline`` also
 reads the same directory with pandas and builds the Dataset in memory (this process), timing it and
 checking that both give the same users, items and sequences.
 
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 
 import seqrec
 from seqrec.data.batch import TrainBatches
-from seqrec.data.config import DataConfig, load_data
+from seqrec.data.config import DataConfig, load_data, split_data
 
 ROOT = Path(__file__).resolve().parent
 FILE_ROWS = 1_000_000  # rows per generated Parquet file ("day")
@@ -46,23 +47,34 @@ T0 = 1_500_000_000
 DAY = 86_400
 
 FIRST_STEP = """
-import sys, time
+import json, sys, time
+start, prepared, model = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 import torch
 torch.set_num_threads(2)
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from seqrec.cli import main
+from seqrec.data.config import DataConfig, load_data, split_data
+from seqrec.recommender import Recommender
+from seqrec.train.config import TrainConfig
+
+marks = {"imports": time.time() - start}
 
 class FirstStep(Exception):
     pass
 
 def stop(optimizer, args, kwargs):
-    print(f"FIRST_STEP {time.time():.6f}", flush=True)
+    marks["first_step"] = time.time() - start
     raise FirstStep
 
 register_optimizer_step_post_hook(stop)
+config = DataConfig(prepared=prepared)
+data = load_data(config)
+marks["load"] = time.time() - start
+split = split_data(config, data)
+marks["split"] = time.time() - start
 try:
-    main(sys.argv[1:])
+    Recommender(model, TrainConfig(epochs=1)).fit(data, split, progress=False)
 except FirstStep:
+    print("MARKS " + json.dumps(marks), flush=True)
     sys.exit(0)
 sys.exit(3)
 """
@@ -113,16 +125,16 @@ def run_prepare(data: Path, out: Path, core: int) -> dict[str, Any]:
             "command": shlex.join(["seqrec", *cmd[3:]])}
 
 
-def run_first_step(prepared: Path, run_dir: Path, model: str) -> dict[str, Any]:
-    args = ["train", "--prepared", str(prepared), "--model", model, "--epochs", "1", "--out", str(run_dir),
-            "--force", "--quiet"]
+def run_first_step(prepared: Path, model: str) -> dict[str, Any]:
+    """`seqrec train --prepared`'s path (load, split, Recommender.fit) in a child, seconds from its start."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", FIRST_STEP, *args], capture_output=True, text=True, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("FIRST_STEP ")]
+    proc = subprocess.run([sys.executable, "-c", FIRST_STEP, f"{start:.6f}", str(prepared), model],
+                          capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("MARKS ")]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"train --prepared did not reach a step ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return {"seconds_to_first_step": float(lines[0].split()[1]) - start, "peak_rss_mb_max_child": child_rss_mb(),
-            "command": shlex.join(["seqrec", *args]), "stdout": proc.stdout.strip().splitlines()[:-1]}
+        raise SystemExit(f"training did not reach a step ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    marks = json.loads(lines[0][len("MARKS "):])
+    return {"seconds_since_start": marks, "peak_rss_mb_max_child": child_rss_mb(), "model": model}
 
 
 def library_stages(prepared: Path) -> dict[str, float]:
@@ -132,8 +144,11 @@ def library_stages(prepared: Path) -> dict[str, float]:
     data = load_data(DataConfig(prepared=str(prepared)))
     stages["load_mapped"] = time.perf_counter() - t
     t = time.perf_counter()
-    split = seqrec.leave_one_out(data)
-    stages["leave_one_out"] = time.perf_counter() - t
+    split = split_data(DataConfig(prepared=str(prepared)), data)
+    stages["leave_one_out_mapped"] = time.perf_counter() - t
+    t = time.perf_counter()
+    seqrec.leave_one_out(data)
+    stages["leave_one_out_computed"] = time.perf_counter() - t
     t = time.perf_counter()
     TrainBatches(split.train, 50, 128)
     stages["training_windows"] = time.perf_counter() - t
@@ -195,7 +210,7 @@ def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     out.update(kept=manifest["events"], users=manifest["users"]["count"], items=manifest["items"]["count"],
                prepared_bytes=sum(int(a["bytes"]) for a in manifest["arrays"].values()))
-    out["train_first_step"] = run_first_step(prepared_dir, scratch / f"run-{args.rows}", args.model)
+    out["train_first_step"] = run_first_step(prepared_dir, args.model)
     out["library_stages"] = library_stages(prepared_dir)
     if args.baseline:
         out["in_memory_baseline"] = baseline(folder, prepared_dir, args.core)
@@ -205,7 +220,6 @@ def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
                                                / (out["prepare"]["seconds_in_command"] or out["prepare"]["seconds"]))
     if not args.keep:
         shutil.rmtree(prepared_dir, ignore_errors=True)
-        shutil.rmtree(scratch / f"run-{args.rows}", ignore_errors=True)
     return out
 
 

@@ -16,10 +16,10 @@ import pytest
 from seqrec import __version__
 from seqrec.cli import main
 from seqrec.data import outofcore, prepared
-from seqrec.data.config import DataConfig, load_data
+from seqrec.data.config import DataConfig, load_data, split_data
 from seqrec.data.io import ReadOptions, read_log
 from seqrec.data.preprocess import Dataset, PreprocessOptions, build_dataset
-from seqrec.data.split import leave_one_out
+from seqrec.data.split import Split, leave_one_out
 from seqrec.errors import DataError, SeqrecError
 from seqrec.recommender import Recommender
 
@@ -230,3 +230,35 @@ def test_train_from_prepared_end_to_end(tmp_path: Path) -> None:
     user = str(rec.dataset.users.external[0])
     assert user.startswith("u") and len(rec.recommend([user], k=3)) == 3
     assert main(["train", "--prepared", str(prep), "--user-core", "5", *TRAIN, "--out", str(tmp_path / "r2")]) == 2
+
+
+def assert_same_split(a: Split, b: Split) -> None:
+    assert (a.kind, a.n_items) == (b.kind, b.n_items)
+    for sa, sb in ((a.train, b.train), (a.valid.history, b.valid.history), (a.test.history, b.test.history)):
+        np.testing.assert_array_equal(sa.offsets, sb.offsets)
+        np.testing.assert_array_equal(sa.items, sb.items)
+        assert sa.times is not None and sb.times is not None
+        np.testing.assert_array_equal(sa.times, sb.times)
+    for ea, eb in ((a.valid, b.valid), (a.test, b.test)):
+        np.testing.assert_array_equal(ea.users, eb.users)
+        np.testing.assert_array_equal(ea.targets, eb.targets)
+
+
+@pytest.mark.parametrize("short_users", [False, True], ids=["all-evaluable", "some-short"])
+def test_stored_split_equals_leave_one_out(tmp_path: Path, short_users: bool) -> None:
+    frame = make_log(False)
+    if short_users:  # users with 1 and 2 events: trained on, never evaluated
+        extra = pd.DataFrame({"user_id": [1, 2, 2], "item_id": [frame["item_id"].iloc[0]] * 3,
+                              "timestamp": [5, 6, 7], "rating": [5, 5, 5]})
+        frame = pd.concat([frame, extra], ignore_index=True)
+    prepared.prepare(_csv(frame), tmp_path / "prep")
+    config = DataConfig(prepared=str(tmp_path / "prep"))
+    data = load_data(config)
+    split = split_data(config, data)
+    assert not split.train.items.flags.writeable  # mapped, not computed
+    assert (split.valid.history is split.train) != short_users
+    assert_same_split(split, leave_one_out(data))
+    assert_same_split(split, leave_one_out(in_memory(frame, PreprocessOptions())))
+    temporal = DataConfig(prepared=str(tmp_path / "prep"), split="temporal", valid_time=1_600_000_020,
+                          test_time=1_600_000_030)
+    assert split_data(temporal, data).kind == "temporal"

@@ -117,4 +117,8 @@ def load_data(config: DataConfig, raw_hook: RawHook | None = None) -> Dataset:
 
 
 def split_data(config: DataConfig, data: Dataset) -> Split:
+    if config.prepared is not None and config.split == "leave-one-out":  # stored with it, memory-mapped
+        stored = prepared.load_split(Path(config.prepared), data)
+        if stored is not None:
+            return stored
     return make_split(data, config.split, config.valid_time, config.test_time)

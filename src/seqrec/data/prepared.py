@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from seqrec.data.ids import IdMap
 from seqrec.data.io import ReadOptions
 from seqrec.data.preprocess import Dataset, PreprocessOptions, PreprocessReport
 from seqrec.data.sequences import Sequences
+from seqrec.data.split import EvalSet, Split
 from seqrec.errors import DataError
 from seqrec.settings import default_of, to_dict
 
@@ -72,11 +74,16 @@ def write(dataset: Dataset, out: Path, source: Path, read: ReadOptions, preproce
     report = dataset.report or PreprocessReport()
     with atomic_dir(out) as tmp:
         entries: dict[str, dict[str, Any]] = {}
-        for key, array in arrays.items():
+
+        def save(key: str, array: np.ndarray) -> None:
             name = f"{key}.npy"
             np.save(tmp / name, np.ascontiguousarray(array), allow_pickle=False)
             entries[key] = {"file": name, "dtype": array.dtype.str, "shape": list(array.shape),
                             "bytes": (tmp / name).stat().st_size}
+
+        for key, array in arrays.items():
+            save(key, array)
+        split = _write_leave_one_out(seqs, save)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "seqrec_version": __version__,
             "name": dataset.name, "source": str(source),
@@ -86,9 +93,63 @@ def write(dataset: Dataset, out: Path, source: Path, read: ReadOptions, preproce
             "events": dataset.n_events,
             "report": {"rows_read": report.rows_read, "dropped": report.dropped, "first_bad": report.first_bad,
                        "rows_kept": report.rows_kept},
+            "leave_one_out": split,
             "arrays": entries,
         }
         write_private(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _write_leave_one_out(seqs: Sequences, save: Callable[[str, np.ndarray], None]) -> dict[str, Any] | None:
+    """The leave-one-out split (:func:`seqrec.data.split.leave_one_out`), computed here once so that training
+    maps it: each evaluable user's (3 or more events) last event is the test target, the one before it the
+    validation target. None when no user is evaluable (the split's own error then says so)."""
+    lengths = seqs.lengths
+    evaluable = np.flatnonzero(lengths >= 3)
+    if len(evaluable) == 0:
+        return None
+    last = seqs.offsets[evaluable + 1] - 1
+    every = len(evaluable) == seqs.n_users
+    save("loo_users", evaluable)
+    save("loo_valid_targets", seqs.items[last - 1])
+    save("loo_test_targets", seqs.items[last])
+    in_eval = None if every else np.repeat(lengths >= 3, lengths)
+    for part, tail, rows in (("train", 2, None), ("valid", 2, evaluable), ("test", 1, evaluable)):
+        if part == "valid" and every:
+            continue  # every user is evaluable: the validation histories are the training sequences
+        keep = np.ones(seqs.items.shape[0], dtype=bool)
+        for k in range(1, tail + 1):
+            keep[last - (k - 1)] = False
+        lens = np.where(lengths >= 3, lengths - tail, lengths)
+        if rows is not None and in_eval is not None:
+            keep &= in_eval
+            lens = lens[rows]
+        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        save(f"loo_{part}_offsets", offsets)
+        save(f"loo_{part}_items", seqs.items[keep])
+        if seqs.times is not None:
+            save(f"loo_{part}_times", seqs.times[keep])
+        del keep
+    return {"users": len(evaluable), "valid_history": "train" if every else "own"}
+
+
+def load_split(path: Path, data: Dataset) -> Split | None:
+    """The leave-one-out split stored with the prepared dataset at ``path``, memory-mapped (None: none stored)."""
+    manifest = read_manifest(path)
+    info = manifest.get("leave_one_out")
+    if not info:
+        return None
+    arrays = {key: _map(path, key, entry, manifest) for key, entry in manifest["arrays"].items()
+              if key.startswith("loo_")}
+
+    def seqs(part: str) -> Sequences:
+        return Sequences(arrays[f"loo_{part}_offsets"], arrays[f"loo_{part}_items"], arrays.get(f"loo_{part}_times"))
+
+    users = arrays["loo_users"]
+    train = seqs("train")
+    valid = EvalSet(users, train if info["valid_history"] == "train" else seqs("valid"), arrays["loo_valid_targets"])
+    test = EvalSet(users, seqs("test"), arrays["loo_test_targets"])
+    return Split(train, valid, test, data.n_items, "leave-one-out")
 
 
 def _kind(external: np.ndarray) -> str:
@@ -151,7 +212,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def load(path: Path) -> Dataset:
     """The prepared dataset at ``path``, its sequences memory-mapped (read-only)."""
     manifest = read_manifest(path)
-    arrays = {key: _map(path, key, entry, manifest) for key, entry in manifest["arrays"].items()}
+    arrays = {key: _map(path, key, entry, manifest) for key, entry in manifest["arrays"].items()
+              if not key.startswith("loo_")}
     seqs = Sequences(arrays["offsets"], arrays["items"], arrays.get("times"))
     users = IdMap(_ids(arrays, "user_ids", manifest["users"]["kind"]), 0)
     items = IdMap(_ids(arrays, "item_ids", manifest["items"]["kind"]), 1)
