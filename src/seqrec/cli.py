@@ -21,7 +21,7 @@ from typing import Any, NoReturn, cast
 
 import pandas as pd
 
-from seqrec import __version__
+from seqrec import __version__, tracking
 from seqrec.data.config import DataConfig, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.datasets import KNOWN, dataset_path
@@ -38,7 +38,7 @@ from seqrec.privacy import commands as privacy_commands
 from seqrec.privacy.ids import ENV_KEY, pseudonym
 from seqrec.recommender import Recommender
 from seqrec.report import metrics_table, table
-from seqrec.runconfig import RunConfig, not_applicable, run_config_from_dict, setting_names, size_keys
+from seqrec.runconfig import RunConfig, not_applicable, run_config_dict, run_config_from_dict, setting_names, size_keys
 from seqrec.serve.cli import add_parser as add_serve_parser
 from seqrec.settings import (
     Flag,
@@ -59,6 +59,7 @@ from seqrec.settings import (
 )
 from seqrec.train.checkpoint import checkpoint_epoch
 from seqrec.train.config import PrivacyConfig
+from seqrec.tune import add_parser as add_tune_parser
 
 ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
 ENV_PSEUDONYM_KEY = ENV_KEY  # the pseudonymisation key, when no --pseudonymise-users KEYFILE is given
@@ -244,6 +245,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
                    "summary, warnings and test metrics are still printed)")
     privacy_commands.add_train_args(p)
+    tracking.add_track_args(p)
 
 
 def print_dataset(data: Dataset) -> None:
@@ -294,6 +296,7 @@ def output_dir(args: argparse.Namespace, model: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     run = train_run_config(args)
     out = output_dir(args, run.model)
+    trackers = tracking.train_trackers(args, run_config_dict(run), out)
     ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
     data, dropped = privacy_commands.load_training_data(run.data, ingest)
     tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
@@ -313,7 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec.data_config = to_dict(run.data)
     print(f"training {run.model} ...", flush=True)
     result = rec.fit(data, split, out_dir=out, resume=args.resume, progress=not args.quiet,
-                     on_epoch=_epoch_printer(args.quiet))
+                     on_epoch=trackers.hook(_epoch_printer(args.quiet)))
     print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
     if result.stopped_by_time:
         print(f"seqrec: note: training stopped after {len(result.history)} epochs: max_seconds "
@@ -331,6 +334,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\ntest metrics (full ranking over {data.n_items:,} items, seen items excluded):")
     print(metrics_table(results, names))
     rec.save(out)
+    trackers.finish(results[run.model], out, prefix="test_")
     print(f"\nartifact written to {out}")
     return 0
 
@@ -583,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+    add_tune_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_prepare_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 

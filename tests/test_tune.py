@@ -1,0 +1,262 @@
+"""`seqrec tune`: a seeded Optuna study on a tiny log, resumable from SQLite, pruned per epoch, scored
+on the validation split only, writing a best.toml that `seqrec train --config` accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("optuna")
+
+import optuna
+
+from seqrec import tune
+from seqrec.cli import main
+from seqrec.errors import SeqrecError
+from seqrec.runconfig import RunConfig
+from seqrec.tune_space import build_space, check_space
+
+# a tiny SASRec whose learning rate and dropout are searched (two epochs a trial)
+SPACE = """defaults = false
+[train.lr]
+low = 1e-3
+high = 1e-2
+log = true
+
+[model.dropout]
+low = 0.1
+high = 0.3
+"""
+FIXED = ("--model", "sasrec", "--epochs", "2", "--dim", "8", "--n-layers", "1", "--max-len", "10", "--quiet")
+
+
+def tune_args(log: Path, out: Path, space: Path, *extra: str) -> list[str]:
+    return ["tune", "--data", str(log), *FIXED, "--space", str(space), "--out", str(out), *extra]
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE)
+    return path
+
+
+def trials(out: Path) -> list[dict[str, Any]]:
+    return list(json.loads((out / "trials.json").read_text())["trials"])
+
+
+def test_tune_writes_a_best_config_that_train_accepts(tiny_log: Path, tmp_path: Path, space: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "3")) == 0
+    printed = capsys.readouterr().out
+    rows = trials(out)
+    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert all(r["state"] == "complete" for r in rows)
+    assert len({r["train.lr"] for r in rows}) == 3  # three different points
+    summary = json.loads((out / "trials.json").read_text())
+    best = max(rows, key=lambda r: r["value"])
+    assert summary["best"]["trial"] == best["trial"]
+    assert f"best: trial {best['trial']}" in printed
+    assert (out / "trials.csv").read_text().splitlines()[0].startswith("trial,state,value")
+    config = tomllib.loads((out / "best.toml").read_text())
+    assert config["train"]["lr"] == pytest.approx(best["train.lr"])
+    assert config["model"]["dropout"] == pytest.approx(best["model.dropout"])
+    assert config["model"]["dim"] == 8 and config["train"]["epochs"] == 2  # the fixed part
+    artifact = tmp_path / "best-model"
+    assert main(["train", "--config", str(out / "best.toml"), "--out", str(artifact), "--quiet"]) == 0
+    info = json.loads((artifact / "info.json").read_text())
+    assert info["best_valid"] == pytest.approx(best["value"])  # the same run, retrained: same validation score
+    assert "test_metrics" in info
+
+
+def test_a_study_continues_where_it_stopped(tiny_log: Path, tmp_path: Path, space: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "2", "--study-name", "s")) == 0
+    assert main(tune_args(tiny_log, out, space, "--trials", "2", "--study-name", "s")) == 0
+    assert "continuing study 's': 2 trials so far" in capsys.readouterr().out
+    rows = trials(out)
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3]
+    assert len({r["train.lr"] for r in rows}) == 4  # the second call draws new points, not the first two again
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    assert [s.study_name for s in storage.get_all_studies()] == ["s"]
+
+
+def test_continuing_with_other_settings_is_an_error(tiny_log: Path, tmp_path: Path, space: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1")) == 0
+    capsys.readouterr()
+    argv = tune_args(tiny_log, out, space, "--trials", "1")
+    argv[argv.index("--epochs") + 1] = "3"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another fixed run (train.epochs: 2 -> 3)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_pruned_trial_stops_early(tiny_log: Path, tmp_path: Path, space: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # a pruner that prunes every trial at its first report: NDCG is never above 2
+    monkeypatch.setattr(tune, "make_pruner", lambda _p: optuna.pruners.ThresholdPruner(lower=2.0))
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "2")) == 0
+    rows = trials(out)
+    assert [r["state"] for r in rows] == ["pruned", "pruned"]
+    assert [r["epochs"] for r in rows] == [1, 1]  # of 2 planned
+    assert not (out / "best.toml").exists()  # no trial completed
+
+
+def test_the_median_pruner_is_fed_every_epoch(tiny_log: Path, tmp_path: Path, space: Path) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1")) == 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name=f"{tiny_log.name}-sasrec", storage=storage)
+    assert sorted(study.trials[0].intermediate_values) == [1, 2]
+    assert study.trials[0].value == pytest.approx(max(study.trials[0].intermediate_values.values()))
+
+
+def test_the_test_split_is_never_evaluated(tiny_log: Path, tmp_path: Path, space: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqrec.recommender import Recommender
+    from seqrec.train import loop
+
+    splits: list[Any] = []
+    real_split, real_evaluate = tune.split_data, loop.evaluate
+
+    def keep_split(*args: Any) -> Any:
+        splits.append(real_split(*args))
+        return splits[-1]
+
+    evaluated: list[Any] = []
+
+    def guarded(model: Any, eval_set: Any, *args: Any, **kwargs: Any) -> Any:
+        assert eval_set is not splits[0].test, "the test split was evaluated"
+        evaluated.append(eval_set)
+        return real_evaluate(model, eval_set, *args, **kwargs)
+
+    def no_test(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("Recommender.evaluate was called")
+
+    monkeypatch.setattr(tune, "split_data", keep_split)
+    monkeypatch.setattr(loop, "evaluate", guarded)
+    monkeypatch.setattr(Recommender, "evaluate", no_test)
+    assert main(tune_args(tiny_log, tmp_path / "study", space, "--trials", "2")) == 0
+    assert len(splits) == 1 and len(evaluated) == 4  # 2 trials x 2 epochs, each on the validation split
+    assert all(e is splits[0].valid for e in evaluated)
+
+
+def test_fixed_settings_leave_the_default_space() -> None:
+    full = {p.path for p in build_space("sasrec")}
+    assert {"train.lr", "model.dim", "model.dropout"} <= full
+    fixed = {p.path for p in build_space("sasrec", fixed={"model.dim", "train.lr"})}
+    assert fixed == full - {"model.dim", "train.lr"}
+    assert "train.mask_prob" in {p.path for p in build_space("bert4rec")}
+    assert "model.hidden" in {p.path for p in build_space("gru4rec")}
+
+
+def test_a_space_file_overrides_and_adds(tmp_path: Path) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text('[train.lr]\nlow = 1e-4\nhigh = 1e-3\nlog = true\n[train.loss.name]\nchoices = ["ce", "sampled"]\n'
+                    '[model.n_heads]\nchoices = [1, 2]\n')
+    params = {p.path: p for p in build_space("sasrec", file=path)}
+    assert (params["train.lr"].low, params["train.lr"].high, params["train.lr"].log) == (1e-4, 1e-3, True)
+    assert params["train.loss.name"].choices == ("ce", "sampled")
+    assert "model.dim" in params  # the defaults stay
+    path.write_text("defaults = false\n[model.dim]\nchoices = [16, 32]\n")
+    assert [p.path for p in build_space("sasrec", file=path)] == ["model.dim"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[model.dimm]\nchoices = [8]\n", "did you mean 'dim'"),
+    ("[model.hidden]\nchoices = [8]\n", "hidden does not apply to sasrec"),
+    ("[train.lrr]\nlow = 1\nhigh = 2\n", "did you mean 'train.lr'"),
+    ("[lr]\nlow = 1\nhigh = 2\n", "only model.* and train.* settings"),
+    ("[train.lr]\nlow = 0.1\nhigh = 0.01\n", "low (0.1) is above high (0.01)"),
+    ("[train.lr]\nlow = 0\nhigh = 0.01\nlog = true\n", "a log scale needs low > 0"),
+    ("[train.lr]\nlow = 0.001\nhigh = 0.01\nstep = 0.001\nlog = true\n", "cannot go with log"),
+    ("[train.lr]\nlow = 0.001\nhgh = 0.01\n", "unknown key 'hgh'"),
+    ("[train.lr]\nlow = 0.001\n", "give both low and high"),
+    ("[model.n_layers]\nlow = 1.5\nhigh = 3\n", "must be a whole number"),
+    ("[train.loss.name]\nlow = 1\nhigh = 2\n", "is not a number; give choices"),
+    ("[model.dim]\nchoices = []\n", "choices must be a non-empty list"),
+    ("[train]\nlr = 0.1\n", "give a table [train.lr]"),
+    ("defaults = 3\n", "defaults = 3 must be true or false"),
+])
+def test_bad_space_files_are_one_line_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    with pytest.raises(SeqrecError) as info:
+        build_space("sasrec", file=path)
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_value_the_setting_rejects_is_an_error_before_training() -> None:
+    from seqrec.tune_space import Param
+
+    with pytest.raises(SeqrecError, match=r"train.lr = -0.5 is not a valid setting"):
+        check_space(RunConfig("sasrec"), [Param("train.lr", "float", -0.5, 0.1)])
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (("--trials", "0"), "--trials: must be 1 or more"),
+    (("--timeout", "-5"), "--timeout: must be a positive number"),
+    (("--model", "sasrek"), "did you mean 'sasrec'"),
+    (("--model", "popular"), "popular has nothing to search"),
+    (("--prune-after", "-1"), "--prune-after -1"),
+])
+def test_bad_arguments_exit_2_with_one_line(tiny_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            extra: tuple[str, ...], expected: str) -> None:
+    argv = ["tune", "--data", str(tiny_log), "--out", str(tmp_path / "o"), "--quiet", *extra]
+    if "--model" not in extra:
+        argv += ["--model", "sasrec"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_without_optuna_tune_names_the_install(tiny_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    assert main(["tune", "--data", str(tiny_log), "--model", "sasrec", "--out", str(tmp_path / "o")]) == 2
+    assert "pip install 'seqrec[tune]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_study_killed_with_sigkill_continues(tiny_log: Path, tmp_path: Path, space: Path) -> None:
+    out = tmp_path / "study"
+    entry = "import sys; from seqrec.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", entry, *tune_args(tiny_log, out, space, "--study-name", "k")]
+    slow = [*argv, "--trials", "50"]
+    slow[slow.index("--epochs") + 1] = "4"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "trials.json").exists() and len(trials(out)) >= 1:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)  # into the next trial
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = trials(out)
+    assert before and before[0]["state"] == "complete"
+    again = [*argv, "--trials", "1"]
+    again[again.index("--epochs") + 1] = "4"
+    done = subprocess.run(again, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "continuing study 'k'" in done.stdout
+    after = trials(out)
+    assert len([r for r in after if r["state"] == "complete"]) == len([r for r in before
+                                                                        if r["state"] == "complete"]) + 1
