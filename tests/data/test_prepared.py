@@ -262,3 +262,20 @@ def test_stored_split_equals_leave_one_out(tmp_path: Path, short_users: bool) ->
     temporal = DataConfig(prepared=str(tmp_path / "prep"), split="temporal", valid_time=1_600_000_020,
                           test_time=1_600_000_030)
     assert split_data(temporal, data).kind == "temporal"
+
+
+def test_small_blocks_text_after_numbers_and_many_dictionaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """Many CSV blocks: text ids merged over many batch dictionaries, and a column read as numbers from
+    the first block that meets text later (read again as text: the text rows count as unparsable)."""
+    monkeypatch.setattr(outofcore, "CSV_BLOCK", 4096)
+    monkeypatch.setattr(outofcore, "UNIFY_EVERY", 50)
+    frame = make_log(True)
+    assert_same(outofcore.build(_csv(frame)), in_memory(frame, PreprocessOptions()))
+    numbers = make_log(False)
+    numbers["user_id"] = numbers["user_id"].astype(object)
+    numbers.loc[len(numbers) - 2, "user_id"] = "late-text"
+    path = _csv(numbers)
+    got, expected = outofcore.build(path), build_dataset(read_log(path), PreprocessOptions())
+    assert_same(got, expected)
+    assert got.report is not None and got.report.dropped["missing or unparsable user"] == 1

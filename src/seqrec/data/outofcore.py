@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from seqrec.errors import DataError
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_ROWS = 1 << 20  # rows per Parquet record batch
 CSV_BLOCK = 32 << 20  # bytes per CSV block
+UNIFY_EVERY = 1 << 20  # new dictionary entries of text ids gathered before they are merged into one dictionary
 BYTES_PER_ROW_IN_MEMORY = 240  # pandas' peak per row of the in-memory path (benchmarks/scale.py, 10M rows)
 BYTES_PER_ROW_OUT_OF_CORE = 64  # peak per row of :func:`build` (benchmarks/scale.py --prepare)
 
@@ -200,7 +202,7 @@ class _StringCodes:
         encoded = pc.dictionary_encode(values.cast(pa.string()))
         self._pending.append(encoded)
         self._pending_size += len(encoded.dictionary)
-        if self._pending_size > max(1 << 20, len(self.dictionary)):
+        if self._pending_size > max(UNIFY_EVERY, len(self.dictionary)):
             self._flush()
 
     def _flush(self) -> None:
@@ -382,8 +384,11 @@ def _to_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 # ---- reading ----------------------------------------------------------------------------------------
 
 
-def batches(path: Path, options: ReadOptions) -> Iterator[tuple[str, pa.RecordBatch, Columns]]:
-    """(source, record batch, columns) over the whole log, in file order."""
+def batches(path: Path, options: ReadOptions, text_ids: list[str] | None = None
+            ) -> Iterator[tuple[str, pa.RecordBatch, Columns]]:
+    """(source, record batch, columns) over the whole log, in file order. A CSV column named in ``text_ids``
+    is read as text; one that pyarrow took for numbers from the first block and then met text in raises
+    :class:`_Retype`, and the log is read again with it in ``text_ids``."""
     files = log_files(path)
     if path.is_dir() or is_parquet(path, options):
         names = check_columns(files)
@@ -400,23 +405,16 @@ def batches(path: Path, options: ReadOptions) -> Iterator[tuple[str, pa.RecordBa
     if fmt != "csv":
         raise DataError(f"{path}: {fmt} files are read in memory only; `seqrec prepare` reads CSV/TSV files, "
                         "Parquet files and directories of Parquet files")
-    yield from _csv_batches(path, options)
+    yield from _csv_batches(path, options, text_ids or [])
 
 
-def _csv_batches(path: Path, options: ReadOptions) -> Iterator[tuple[str, pa.RecordBatch, Columns]]:
+def _csv_batches(path: Path, options: ReadOptions, text_ids: list[str]
+                 ) -> Iterator[tuple[str, pa.RecordBatch, Columns]]:
     sep = options.sep or _sniff_sep(first_text_line(path))
     if len(sep) != 1:
         raise DataError(f"{path}: the separator {sep!r} is not one character; `seqrec prepare` reads CSV/TSV "
                         "with a one-character --sep")
-    text_ids: list[str] = []
-    while True:
-        try:
-            yield from _csv_pass(path, options, sep, text_ids)
-            return
-        except _Retype as retry:  # a later block held text in a column the first block had as numbers
-            if retry.column in text_ids:
-                raise DataError(f"{path}: cannot read column {retry.column!r}: {retry.reason}") from None
-            text_ids.append(retry.column)
+    yield from _csv_pass(path, options, sep, text_ids)
 
 
 class _Retype(Exception):
@@ -456,18 +454,20 @@ def _csv_pass(path: Path, options: ReadOptions, sep: str, text_ids: list[str]
         except StopIteration:
             return
         except pa.ArrowInvalid as exc:
-            column = _failed_column(str(exc), wanted)
+            column = _failed_column(str(exc), file_names, wanted)
             if column is None:
                 raise DataError(f"{path}: cannot read as csv: {_first_line(exc)}; check --sep") from None
             raise _Retype(back[column], _first_line(exc)) from None
         yield str(path), batch.rename_columns([back[c] for c in batch.schema.names]), columns
 
 
-def _failed_column(message: str, columns: list[str]) -> str | None:
-    for c in columns:
-        if f"column '{c}'" in message or f"column #{c}" in message or f"'{c}'" in message:
-            return c
-    return None
+def _failed_column(message: str, file_names: list[str], wanted: list[str]) -> str | None:
+    """The wanted column a pyarrow conversion error names (by its position in the file)."""
+    found = re.search(r"column #(\d+)", message)
+    if found is None or int(found.group(1)) >= len(file_names):
+        return None
+    name = file_names[int(found.group(1))]
+    return name if name in wanted else None
 
 
 # ---- cleaning -----------------------------------------------------------------------------------------
@@ -485,11 +485,25 @@ class _Log:
     has_rating: bool = False
 
 
-def read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, report: PreprocessReport) -> _Log:
+def read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions) -> tuple[_Log, PreprocessReport]:
+    """The log's columns and the report of the rows dropped while reading them."""
+    text_ids: list[str] = []
+    while True:
+        try:
+            return _read_columns(path, options, opts, text_ids)
+        except _Retype as retry:  # a later block held text in a column the first block had as numbers
+            if retry.column in text_ids:
+                raise DataError(f"{path}: cannot read column {retry.column!r}: {retry.reason}") from None
+            text_ids.append(retry.column)
+
+
+def _read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, text_ids: list[str]
+                  ) -> tuple[_Log, PreprocessReport]:
+    report = PreprocessReport()
     log = _Log()
     rows = 0
     header = int(options.header)
-    for source, batch, columns in batches(path, options):
+    for source, batch, columns in batches(path, options, text_ids):
         n = batch.num_rows
         keep = np.ones(n, dtype=bool)
         raw = {role: batch.column(name) for role, name in columns.roles().items()}
@@ -523,7 +537,7 @@ def read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, repo
             log.has_rating = True
             log.ratings.append(parsed["rating"][keep])
     report.rows_read = rows
-    return log
+    return log, report
 
 
 def sort_order(users: np.ndarray, times: np.ndarray | None) -> np.ndarray:
@@ -573,8 +587,7 @@ def build(path: Path, options: ReadOptions | None = None, opts: PreprocessOption
     options = options or ReadOptions()
     opts = opts or PreprocessOptions()
     source = str(path)
-    report = PreprocessReport()
-    log = read_columns(path, options, opts, report)
+    log, report = read_columns(path, options, opts)
     if log.has_time and log.times and not any(len(t) for t in log.times) and report.rows_read:
         raise DataError(f"{source}: no value of the time column could be read as a number or a date; choose "
                         "another --time-col, or leave it out to use file order")
