@@ -6,6 +6,11 @@ through these functions. The similarity is a separate, pluggable piece applied b
 query and the item rows and divides the query by a temperature, so the product is
 ``cos(q, v) / temperature``. Either way a score is ``query @ weight.T + bias``, column 0 (padding)
 at -inf.
+
+Sampled scores gather only the rows they use (:func:`gather_rows`): from a
+:class:`~seqrec.items.tower.SparseItemTable` with a sparse gradient, so a step over a catalog of
+millions of items never builds an (N + 1, D) gradient. A table stored in bfloat16 is scored in the
+query's dtype, a tile or a gathered block at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from seqrec.items.tower import ItemTable
+from seqrec.items.tower import ItemTable, SparseItemTable
 from seqrec.settings import check_choice
 
 SIMILARITIES = ("dot", "cosine")
@@ -56,7 +61,7 @@ def make_similarity(name: str, temperature: float) -> Similarity:
 
 def catalog_scores(query: torch.Tensor, table: ItemTable) -> torch.Tensor:
     """(..., D) queries -> (..., N + 1) scores over the whole catalog, padding at -inf."""
-    logits = query @ table.weight.T
+    logits = query @ _up(table.weight, query.dtype).T
     if table.bias is not None:
         logits = logits + table.bias
     logits[..., 0] = float("-inf")
@@ -67,10 +72,11 @@ def fill_tile(out: torch.Tensor, query: torch.Tensor, table: ItemTable, lo: int,
     """Write the scores of items ``lo:hi`` into ``out`` (R, hi - lo), as :func:`catalog_scores` gives
     them, without allocating a new (R, hi - lo) block."""
     weight, bias = table
+    rows = _up(weight[lo:hi], query.dtype)
     if out.is_contiguous():
-        torch.mm(query, weight[lo:hi].T, out=out)
+        torch.mm(query, rows.T, out=out)
     else:  # a column slice of a wider buffer (the catalog's last, partial tile)
-        out.copy_(query @ weight[lo:hi].T)
+        out.copy_(query @ rows.T)
     if bias is not None:
         out += bias[lo:hi]
     if lo == 0:
@@ -78,15 +84,28 @@ def fill_tile(out: torch.Tensor, query: torch.Tensor, table: ItemTable, lo: int,
     return out
 
 
+def _up(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows of a table stored in a lower precision (bfloat16) cast up to the query's; else as they are."""
+    return rows.to(torch.promote_types(rows.dtype, dtype))
+
+
+def gather_rows(table: ItemTable, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., D) the table's rows of ``ids`` (cast up to ``dtype`` if stored lower); with a sparse gradient
+    for a SparseItemTable."""
+    if isinstance(table, SparseItemTable):
+        return _up(F.embedding(ids, table.source, sparse=True), dtype)
+    return _up(table.weight[ids], dtype)
+
+
 def target_scores(query: torch.Tensor, table: ItemTable, targets: torch.Tensor) -> torch.Tensor:
     """(M, D) queries, (M,) item ids -> (M,) the score of each row's own item."""
-    scores = (query * table.weight[targets]).sum(-1)
+    scores = (query * gather_rows(table, targets, query.dtype)).sum(-1)
     return scores + table.bias[targets] if table.bias is not None else scores
 
 
 def candidate_scores(query: torch.Tensor, table: ItemTable, candidates: torch.Tensor) -> torch.Tensor:
     """(M, D) queries and (K,) candidates shared by every row, or (M, K) per row -> (M, K) scores."""
-    vectors = table.weight[candidates]
+    vectors = gather_rows(table, candidates, query.dtype)  # (K, D) or (M, K, D)
     # shared: one (M x K) product; per row: a batched dot product
     scores = query @ vectors.T if candidates.dim() == 1 else torch.einsum("md,mkd->mk", query, vectors)
     return scores + table.bias[candidates] if table.bias is not None else scores

@@ -8,6 +8,11 @@ One module serves every model; what differed between them is a :class:`TowerConf
   ``out_dim`` (their hidden size), with nn.Linear's initialisation and bias.
 
 ``extra_tokens`` adds input rows after the catalog (BERT4Rec's mask token) that are never scored.
+
+For catalogs of millions of items, :meth:`ItemTower.use_sparse_rows` makes every lookup of the item
+tables give a sparse gradient (only the rows a step used), and :meth:`ItemTower.store_tables` keeps
+them in bfloat16; both are training settings (``item_optimizer``, ``item_dtype``) applied by the
+optimizer factory, not part of the tower's config.
 """
 
 from __future__ import annotations
@@ -28,6 +33,22 @@ class ItemTable(NamedTuple):
 
     weight: torch.Tensor  # (N + 1, D)
     bias: torch.Tensor | None  # (N + 1,) or None
+
+
+class SparseItemTable(ItemTable):
+    """An :class:`ItemTable` whose rows the scorer gathers from ``source`` with sparse gradients.
+
+    ``source`` is the table's parameter itself, which may hold rows after the catalog (the mask
+    token): a slice of it would not pass a sparse gradient back. Full-catalog paths use ``weight``.
+    """
+
+    source: torch.Tensor  # (N + 1 + extra, D) the leaf parameter ``weight`` is (a view of)
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None, source: torch.Tensor) -> SparseItemTable:
+        table = cls(weight, bias)
+        table.source = source
+        return table
 
 
 @dataclass(frozen=True)
@@ -60,19 +81,44 @@ class ItemTower(nn.Module):
             self.output = nn.Linear(out_dim, c.n_items + 1, bias=c.bias)
         has_bias = c.bias and c.output != "linear"  # nn.Linear holds its own
         self.bias = nn.Parameter(torch.zeros(c.n_items + 1)) if has_bias else None
+        self.sparse_rows = False  # see use_sparse_rows
+
+    def row_tables(self) -> list[torch.Tensor]:
+        """The parameters with one row per item: the input table and a separate output table or layer."""
+        tables = [self.id_emb.weight]
+        if self.output is not None:
+            tables.append(self.output.weight)
+        return tables
+
+    def use_sparse_rows(self, on: bool = True) -> None:
+        """Item lookups (inputs, and the scorer's gathers of sampled rows) give sparse gradients, which
+        hold only the rows used; full-catalog losses still give the output table a dense one."""
+        self.sparse_rows = on
+        self.id_emb.sparse = on
+        if isinstance(self.output, nn.Embedding):
+            self.output.sparse = on
+
+    def store_tables(self, dtype: torch.dtype) -> None:
+        """Keep the item tables in ``dtype`` (bfloat16 halves them); inputs are returned in float32."""
+        for weight in self.row_tables():
+            weight.data = weight.data.to(dtype)
 
     @property
     def n_items(self) -> int:
         return self.config.n_items
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.id_emb(ids)  # (..., dim)
+        x = self.id_emb(ids)  # (..., dim)
+        return x.float() if x.dtype == torch.bfloat16 else x  # a bfloat16 table feeds a float32 encoder
 
     def table(self) -> ItemTable:
         if self.output is None:
-            weight = self.id_emb.weight
+            weight = source = self.id_emb.weight
             # a slice would add a copy to every backward pass; only extra tokens need one
-            return ItemTable(weight[: self.n_items + 1] if self.config.extra_tokens else weight, self.bias)
-        if isinstance(self.output, nn.Linear):
-            return ItemTable(self.output.weight, self.output.bias)
-        return ItemTable(self.output.weight, self.bias)
+            if self.config.extra_tokens:
+                weight = weight[: self.n_items + 1]
+            bias = self.bias
+        else:
+            source = weight = self.output.weight
+            bias = self.output.bias if isinstance(self.output, nn.Linear) else self.bias
+        return SparseItemTable.of(weight, bias, source) if self.sparse_rows else ItemTable(weight, bias)

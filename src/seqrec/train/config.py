@@ -93,6 +93,11 @@ class TrainConfig:
     eval_batch_size: int = setting(256, "users per evaluation batch", low=1)
     exclude_seen: bool = setting(True, "validation ranks items the user has not interacted with yet "
                                  "(include: every item)", flag="exclude-seen/include-seen")
+    item_optimizer: str = setting("dense", "item tables' optimizer: dense (AdamW with the rest) or sparse (sparse "
+                                  "lookups; Adam moments only for the rows a step touched: catalogs of millions)",
+                                  choices=("dense", "sparse"))
+    item_dtype: str = setting("float32", "item tables' storage: float32, or bfloat16 (half the memory; needs the "
+                              "sparse item optimizer and a sampled loss)", choices=("float32", "bfloat16"))
 
     def __post_init__(self) -> None:
         check_fields(self)
