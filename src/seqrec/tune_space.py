@@ -72,7 +72,7 @@ def _choice(path: str, *choices: Any) -> dict[str, Any]:
 
 TRAINING = {**_rng("train.lr", 2e-4, 5e-3, log=True), **_choice("train.weight_decay", 0.0, 0.01, 0.1),
             **_choice("train.batch_size", 64, 128, 256)}
-ATTENTION = {**_choice("model.dim", 64, 128, 256), **_rng("model.n_layers", 1, 3), **_rng("model.dropout", 0.1, 0.6)}
+ATTENTION = {**_choice("model.dim", 64, 128, 256, 384), **_rng("model.n_layers", 1, 3), **_rng("model.dropout", 0.1, 0.6)}
 RECURRENT = {**_choice("model.dim", 32, 64, 128), **_choice("model.hidden", 64, 128, 256),
              **_rng("model.n_layers", 1, 2), **_rng("model.dropout", 0.0, 0.5)}
 DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
