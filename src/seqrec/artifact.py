@@ -29,7 +29,7 @@ from seqrec.artifact_checks import FILES, INFO, MANIFEST, TOWER, fail, table
 from seqrec.atomic import atomic_dir, create_private, write_private
 from seqrec.data.preprocess import Dataset
 from seqrec.errors import ArtifactError, SeqrecError
-from seqrec.items.features import TowerSpec, build_with_tower
+from seqrec.items.features import TowerSpec, build_with_tower, tower_spec_of
 from seqrec.models.base import SequenceModel
 from seqrec.models.registry import MODELS, build_model
 from seqrec.settings import dump_toml, from_dict, to_dict
@@ -88,8 +88,8 @@ def save_artifact(path: str | Path, art: Artifact) -> Path:
         save_file(tensors, str(tmp / "sequences.safetensors"))
         info = {"dataset": art.dataset.name} | art.info
         write_private(tmp / INFO, json.dumps(info, indent=2, default=_jsonable).encode())
-        spec = getattr(art.model.tower, "spec", None) if hasattr(art.model, "tower") else None
-        if spec is not None:  # a feature/text tower: its schema and vocabularies (its tables are weights)
+        spec = tower_spec_of(art.model)
+        if spec is not None:  # a feature/text tower or user features: schemas and vocabularies (tables are weights)
             write_private(tmp / TOWER, json.dumps(spec.to_json()).encode())
         digests = {name: _sha256(tmp / name) for name in (*FILES, INFO, *([TOWER] if spec is not None else []))}
         write_private(tmp / MANIFEST, json.dumps({"sha256": digests}, indent=2).encode())

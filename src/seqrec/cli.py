@@ -31,6 +31,7 @@ from seqrec.eval.evaluate import EvalConfig
 from seqrec.export import add_parser as add_export_parser
 from seqrec.items.features import prepare_tower
 from seqrec.items.transfer import transfer_hook
+from seqrec.items.users import prepare_users
 from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
 from seqrec.prepare import add_parser as add_prepare_parser
@@ -300,6 +301,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
     data, dropped = privacy_commands.load_training_data(run.data, ingest)
     tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
+    user_file = run.data.items.user_features
+    users = prepare_users(user_file, data.users) if user_file is not None else None
     print_dataset(data)
     split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}
@@ -311,6 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         results["popular"] = baseline.evaluate(ks=args.k)
     rec = Recommender(run.model, run.train, **run.model_config)
     rec.tower_inputs = tower
+    rec.user_inputs = users
     if run.data.transfer.init_from is not None:
         rec.prepare_model = transfer_hook(run.model, run.data.transfer.init_from, run.data.transfer.freeze)
     rec.data_config = to_dict(run.data)
@@ -347,11 +351,34 @@ def _metric_order(name: str) -> tuple[str, int]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
+    if args.data is not None:
+        return _print_metrics(rec, args, _evaluate_other(rec, args), f"zero-shot on {args.data.name}")
     if rec.info.get("histories") is False:
         raise SeqrecError(f"{args.artifact}: written without per-user histories (pseudonymised users), so there is "
                           "nothing to evaluate on; its test metrics are in info.json")
     metrics = rec.evaluate(on=args.on, ks=args.k, exclude_seen=not args.include_seen,
                            sampled=args.sampled, n_negatives=args.negatives)
+    return _print_metrics(rec, args, metrics)
+
+
+def _evaluate_other(rec: Recommender, args: argparse.Namespace) -> dict[str, float]:
+    """``evaluate ARTIFACT --data OTHER --item-text OTHER_TEXT``: the model on another catalog, no training."""
+    from seqrec.data.io import ReadOptions
+    from seqrec.items.zero_shot import evaluate_other, other_catalog_inputs, read_other_log, require_inductive
+
+    if args.sampled:
+        raise SeqrecError("--data (zero-shot) evaluates by full ranking; drop --sampled")
+    assert rec.model is not None and rec.dataset is not None
+    require_inductive(rec.model)  # an id-only model refuses before the other files are read
+    read = ReadOptions(format=args.data_format, sep=args.sep, header=not args.no_header, user_col=args.user_col,
+                       item_col=args.item_col, time_col=args.time_col)
+    other = read_other_log(str(args.data), read)
+    inputs = other_catalog_inputs(rec.model, other.items, args.item_text, args.item_features, args.text_cols,
+                                  args.item_id_col, rec.data_config)
+    return evaluate_other(rec.model, rec.dataset.items, other, inputs, args.k, not args.include_seen, args.on)
+
+
+def _print_metrics(rec: Recommender, args: argparse.Namespace, metrics: dict[str, float], where: str = "") -> int:
     ordered = dict(sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
     fmt = "json" if args.json else args.format
     if fmt == "json":
@@ -360,7 +387,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(pd.DataFrame({"metric": list(ordered), "value": list(ordered.values())}).to_csv(index=False), end="")
     else:
         label = f"SAMPLED ({args.negatives} {args.sampled} negatives)" if args.sampled else "full ranking"
-        print(f"{rec.model_name} on {args.on} ({label}):")
+        print(f"{rec.model_name} on {args.on} ({label}{', ' + where if where else ''}):")
         print(table(["metric", "value"], list(ordered.items())))
     return 0
 
@@ -544,6 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=EvalConfig().n_negatives, help=_eval_help("n_negatives"))
     p.add_argument("--format", choices=FORMATS_OUT, default="table", help="output format (default: table)")
     p.add_argument("--json", action="store_true", help="the same as --format json")
+    z = p.add_argument_group("zero-shot: another log and catalog, no training on it (text/feature models)")
+    z.add_argument("--data", type=Path, help="another interaction log; its leave-one-out split is evaluated, its "
+                   "items embedded from --item-text/--item-features through the model")
+    z.add_argument("--item-text", help="the other catalog's item text file (for a text model)")
+    z.add_argument("--item-features", help="the other catalog's item attribute file (for a features model)")
+    z.add_argument("--text-cols", help="text columns of --item-text (default: the artifact's)")
+    z.add_argument("--item-id-col", help="id column of the item files (default: the first)")
+    z.add_argument("--data-format", default="auto", help="format of --data (as train's --format; default: auto)")
+    z.add_argument("--sep", help="column separator of --data (default: sniffed)")
+    z.add_argument("--no-header", action="store_true", help="--data has no header line")
+    z.add_argument("--user-col", default="user_id", help="user column of --data (default: user_id)")
+    z.add_argument("--item-col", default="item_id", help="item column of --data (default: item_id)")
+    z.add_argument("--time-col", default="", help="time column of --data (default: 'timestamp' when present)")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("recommend", help="top-k for a known user or an ad-hoc history")
     p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")

@@ -18,6 +18,7 @@ from seqrec.data.split import EvalSet, Split, make_split
 from seqrec.errors import ArtifactError, SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate, score_histories
 from seqrec.items.features import TowerInputs, build_with_tower
+from seqrec.items.users import UserInputs, attach_user_tower
 from seqrec.models.base import SequenceModel
 from seqrec.models.registry import build_model, make_config
 from seqrec.settings import from_dict, to_dict
@@ -44,6 +45,7 @@ class Recommender:
         self.data_config: dict[str, Any] | None = None  # how the data was read (the CLI sets it; saved)
         self.tower_inputs: TowerInputs | None = None  # item features/text (seqrec.items.features.prepare_tower)
         self.prepare_model: Callable[[SequenceModel], None] | None = None  # e.g. --init-from (items.transfer)
+        self.user_inputs: UserInputs | None = None  # user features (seqrec.items.users.prepare_users)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, dataset: Dataset, split: Split | None = None, out_dir: str | Path | None = None,
@@ -56,6 +58,10 @@ class Recommender:
         tower = self.tower_inputs
         self.model = (build_model(self.model_name, model_config) if tower is None else
                       build_with_tower(self.model_name, model_config, tower.spec, tower.features, tower.text))
+        if self.user_inputs is not None:
+            if self.config.privacy.enabled:
+                raise SeqrecError("user features cannot be used with private training (--dp-epsilon)")
+            attach_user_tower(self.model, self.user_inputs.spec, self.user_inputs.tensors)
         if self.prepare_model is not None:
             self.prepare_model(self.model)
         t0 = time.perf_counter()
@@ -108,7 +114,7 @@ class Recommender:
         """Top-k for known users (external ids) from their whole history."""
         _, dataset = self._ready()
         rows = dataset.users.to_internal(list(users), kind="user")
-        frame = self._top_k(dataset.sequences, rows, k, exclude_seen)
+        frame = self._top_k(dataset.sequences, rows, k, exclude_seen, users=rows)
         frame.insert(0, "user_id", np.asarray(list(users), dtype=object)[frame.pop("row").to_numpy()])
         return frame
 
@@ -126,11 +132,11 @@ class Recommender:
         return frame.drop(columns="row")
 
     def _top_k(self, seqs: Sequences, rows: np.ndarray, k: int, exclude_seen: bool,
-               banned: np.ndarray | None = None) -> pd.DataFrame:
+               banned: np.ndarray | None = None, users: np.ndarray | None = None) -> pd.DataFrame:
         model, dataset = self._ready()
         if k < 1 or k > dataset.n_items:
             raise SeqrecError(f"k={k} must be between 1 and the catalog size {dataset.n_items}")
-        scores = score_histories(model, seqs, rows, exclude_seen)  # on the model's device
+        scores = score_histories(model, seqs, rows, exclude_seen, users=users)  # on the model's device
         if banned is not None and len(banned):
             scores[:, torch.from_numpy(banned).to(scores.device)] = float("-inf")
         top = torch.topk(scores, k, dim=1)

@@ -15,6 +15,12 @@ class SequenceBatch(NamedTuple):
     items: torch.Tensor  # (B, L) input item ids, left-padded with 0, most recent last
     targets: torch.Tensor | None = None  # (B, L) item to predict at each position; 0 = none (None: inference)
     times: torch.Tensor | None = None  # (B, L) float64 event times of the inputs, when the log has them
+    users: torch.Tensor | None = None  # (B,) internal user ids (their feature rows); -1 or None: unknown user
+
+    def inputs_on(self, device: torch.device) -> SequenceBatch:
+        """The model's inputs (items, times, users; no targets) on ``device``."""
+        return SequenceBatch(self.items.to(device), None, None if self.times is None else self.times.to(device),
+                             None if self.users is None else self.users.to(device))
 
 
 def window_ends(seqs: Sequences, max_len: int, sliding: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +67,7 @@ class TrainBatches:
         self.times = None if train.times is None else torch.from_numpy(
             gather_windows(train, users, ends, max_len + 1, train.times))  # (R, L + 1) float64
         self.lengths = (self.windows > 0).sum(1)  # (R,) events in each window
+        self.users = torch.from_numpy(np.asarray(users, dtype=np.int64))  # (R,) the user of each window
         self.batch_size, self.bucket = batch_size, bucket
 
     def __len__(self) -> int:
@@ -75,7 +82,7 @@ class TrainBatches:
                 w, t = w[:, first:], None if t is None else t[:, first:]
             items = w[:, :-1]
             targets = torch.where(items > 0, w[:, 1:], 0)
-            yield SequenceBatch(items, targets, None if t is None else t[:, :-1])
+            yield SequenceBatch(items, targets, None if t is None else t[:, :-1], self.users[rows])
 
     def _batches(self, generator: torch.Generator) -> list[torch.Tensor]:
         """Row indices of each batch. With bucketing, windows of similar length share a batch:

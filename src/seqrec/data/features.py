@@ -47,6 +47,9 @@ class ItemFeaturesConfig:
     item_id_col: str | None = setting(None, "id column of the item feature/text files (default: the first)")
     multi_sep: str = setting("|", "separator of a multi-valued categorical column written as one string")
     max_values: int = setting(1000, "most values a multi-valued column may hold for one item", low=1)
+    user_features: str | None = setting(None, "user attribute file (csv/tsv/parquet/json, .gz ok, MovieLens "
+                                        "u.user): one row per user, the first column the user id; categorical "
+                                        "and numeric columns, a zip column by its first 3 characters")
     item_mode: str = setting("id", "what the item tower embeds: ids, attributes (features), text, or a "
                              "combination; modes without 'id' are inductive (they score unseen items)",
                              choices=MODES)
@@ -90,14 +93,16 @@ def _open_text(path: Path, encoding: str = "utf-8") -> str:
         raise SeqrecError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
 
 
-def read_item_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
-    """The file as a frame indexed by item id (strings), one row per item; a duplicate id is an error."""
+def read_item_table(path: str | Path, id_col: str | None = None, kind: str = "item") -> pd.DataFrame:
+    """The file as a frame indexed by ``kind`` id (strings), one row per id; a duplicate id is an error."""
     p = Path(path)
     if not p.is_file():
         raise SeqrecError(f"{p}: no such file")
     stem = p.name.removesuffix(".gz")
     if stem == "u.item":
         frame = _ml100k_items(_open_text(p, "latin-1"))
+    elif stem == "u.user":
+        frame = _ml100k_users(_open_text(p))
     elif stem.endswith(".parquet"):
         try:
             frame = pd.read_parquet(p)
@@ -119,13 +124,13 @@ def read_item_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame
     if col not in frame.columns:
         raise SeqrecError(f"{p}: no id column {col!r}; columns: {', '.join(map(str, frame.columns))}")
     if frame[col].isna().any():
-        raise SeqrecError(f"{p}: row {int(np.flatnonzero(frame[col].isna())[0]) + 1} has no item id")
+        raise SeqrecError(f"{p}: row {int(np.flatnonzero(frame[col].isna())[0]) + 1} has no {kind} id")
     ids = frame[col].map(_id_text)
     dup = ids[ids.duplicated()]
     if len(dup):
-        raise SeqrecError(f"{p}: item id {dup.iloc[0]!r} appears {int((ids == dup.iloc[0]).sum())} times; "
-                          "give one row per item")
-    return frame.drop(columns=[col]).set_axis(pd.Index(ids.to_numpy(), name="item_id"), axis=0)
+        raise SeqrecError(f"{p}: {kind} id {dup.iloc[0]!r} appears {int((ids == dup.iloc[0]).sum())} times; "
+                          f"give one row per {kind}")
+    return frame.drop(columns=[col]).set_axis(pd.Index(ids.to_numpy(), name=f"{kind}_id"), axis=0)
 
 
 def _id_text(value: Any) -> str:
@@ -159,6 +164,19 @@ def _ml100k_items(text: str) -> pd.DataFrame:
         rows.append({"item_id": parts[0], "title": parts[1],
                      "genres": [g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1"]})
     return pd.DataFrame.from_records(rows)
+
+
+def _ml100k_users(text: str) -> pd.DataFrame:
+    """MovieLens-100k ``u.user``: ``user|age|gender|occupation|zip``, no header."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 5:
+            raise SeqrecError(f"u.user line {number}: expected user|age|gender|occupation|zip, got {line[:80]!r}")
+        rows.append(dict(zip(("user_id", "age", "gender", "occupation", "zip"), parts, strict=True)))
+    return pd.DataFrame.from_records(rows, columns=["user_id", "age", "gender", "occupation", "zip"])
 
 
 # ---- the schema and its tensors ----------------------------------------------------------------
@@ -269,8 +287,9 @@ def _check_missing(series: pd.Series, name: str, source: str) -> None:
     missing = series.map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)))
     if missing.any():
         item = series.index[int(np.flatnonzero(missing.to_numpy())[0])]
-        raise SeqrecError(f"{source}: column {name!r} has no value for item {item!r}; fill it in (an empty list "
-                          "for no values) or leave the item out of the file")
+        kind = "user" if series.index.name == "user_id" else "item"
+        raise SeqrecError(f"{source}: column {name!r} has no value for {kind} {item!r}; fill it in (an empty list "
+                          f"for no values) or leave the {kind} out of the file")
 
 
 def align(frame: pd.DataFrame, items: IdMap, n_rows: int, source: str, report: bool = True) -> np.ndarray:

@@ -55,9 +55,10 @@ def mask_seen(scores: torch.Tensor, history: Sequences, rows: np.ndarray) -> Non
     scores[batch_row.to(scores.device), items.to(scores.device)] = float("-inf")
 
 
-def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray) -> torch.Tensor:
-    """(R, D) next-item queries of the given history rows (with their event times, when known), on the
-    model's device.
+def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray,
+                users: np.ndarray | None = None) -> torch.Tensor:
+    """(R, D) next-item queries of the given history rows (with their event times, when known, and ``users``,
+    each row's internal user id for a model with user features; -1: unknown), on the model's device.
 
     Rows are encoded in groups of equal input width (see ``eval_widths``): a short history is not
     run through ``max_len`` positions of padding, and its state does not depend on its batch.
@@ -69,7 +70,8 @@ def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray) -> t
         sel = np.flatnonzero(widths == width)
         inputs = eval_inputs(history, int(width), rows[sel]).to(device)
         times = eval_times(history, int(width), rows[sel])
-        hidden = model.predict_next(inputs, None if times is None else times.to(device))
+        who = None if users is None else torch.from_numpy(np.asarray(users, dtype=np.int64)[sel]).to(device)
+        hidden = model.predict_next(inputs, None if times is None else times.to(device), who)
         if out is None:
             out = hidden.new_empty((len(rows), *hidden.shape[1:]))
         out[torch.from_numpy(sel).to(device)] = hidden
@@ -80,11 +82,11 @@ def encode_rows(model: SequenceModel, history: Sequences, rows: np.ndarray) -> t
 
 @torch.no_grad()
 def score_histories(model: SequenceModel, history: Sequences, rows: np.ndarray, exclude_seen: bool,
-                    table: ItemTable | None = None) -> torch.Tensor:
+                    table: ItemTable | None = None, users: np.ndarray | None = None) -> torch.Tensor:
     """(R, N + 1) float32 catalog scores for the given history rows, on the model's device. ``table``: the
     model's item table computed once beforehand (serving), else it is computed here."""
     table = model.item_table() if table is None else table
-    scores = catalog_scores(encode_rows(model, history, rows), table).float()
+    scores = catalog_scores(encode_rows(model, history, rows, users), table).float()
     if exclude_seen:
         mask_seen(scores, history, rows)
     return scores
@@ -127,7 +129,7 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
         gen = np.random.default_rng(cfg.seed)
         for rows in batches:
             targets = torch.from_numpy(data.targets[rows])
-            scores = score_histories(model, data.history, rows, cfg.exclude_seen, table).cpu()
+            scores = score_histories(model, data.history, rows, cfg.exclude_seen, table, data.users[rows]).cpu()
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
     else:
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +153,7 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
 def _tiled_ranks(model: SequenceModel, table: ItemTable, data: EvalSet, rows: np.ndarray, targets: torch.Tensor,
                  exclude_seen: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
-    query = encode_rows(model, data.history, rows).float()
+    query = encode_rows(model, data.history, rows, data.users[rows]).float()
     weight, bias = table
     device = query.device
     none = torch.zeros(0, dtype=torch.long)
@@ -159,7 +161,7 @@ def _tiled_ranks(model: SequenceModel, table: ItemTable, data: EvalSet, rows: np
 
     def exact(sub: torch.Tensor) -> torch.Tensor:
         picked = rows[sub.cpu().numpy()]
-        full = score_histories(model, data.history, picked, exclude_seen, table)
+        full = score_histories(model, data.history, picked, exclude_seen, table, data.users[picked])
         return ranks_from_scores(full, targets[sub.cpu()])
 
     detached = ItemTable(weight.detach().float(), None if bias is None else bias.detach().float())

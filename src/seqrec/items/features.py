@@ -37,6 +37,7 @@ from seqrec.data.ids import IdMap
 from seqrec.errors import SeqrecError
 from seqrec.items.text import TextEncoder, text_rows
 from seqrec.items.tower import ItemTable, ItemTower, TowerConfig
+from seqrec.items.users import UserSpec, attach_user_tower, user_tower_of
 from seqrec.settings import check_choice
 
 
@@ -50,6 +51,7 @@ class TowerSpec:
     text_dim: int = 0  # width of the frozen text embedding (0: no text)
     text_encoder: str = ""  # the sentence encoder's name (new items must be embedded by the same one)
     text_cols: tuple[str, ...] = ()
+    users: UserSpec | None = None  # user features (seqrec.items.users), any item mode
 
     def __post_init__(self) -> None:
         check_choice("item_mode", self.mode, MODES)
@@ -76,13 +78,15 @@ class TowerSpec:
         return int(self.uses_id) + int(self.uses_features) + int(self.uses_text)
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "combine": self.combine, "schema": self.schema.to_json(),
-                "text_dim": self.text_dim, "text_encoder": self.text_encoder, "text_cols": list(self.text_cols)}
+        out = {"mode": self.mode, "combine": self.combine, "schema": self.schema.to_json(),
+               "text_dim": self.text_dim, "text_encoder": self.text_encoder, "text_cols": list(self.text_cols)}
+        return out | ({"users": self.users.to_json()} if self.users is not None else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TowerSpec:
+        users = UserSpec.from_json(dict(data["users"])) if "users" in data else None
         return cls(str(data["mode"]), str(data["combine"]), FeatureSchema.from_json(list(data["schema"])),
-                   int(data["text_dim"]), str(data["text_encoder"]), tuple(str(c) for c in data["text_cols"]))
+                   int(data["text_dim"]), str(data["text_encoder"]), tuple(str(c) for c in data["text_cols"]), users)
 
 
 class FeatureTower(ItemTower):
@@ -242,15 +246,31 @@ def build_with_tower(name: str, config: Any, spec: TowerSpec | None, features: F
     the meta device, which allocates nothing and draws no random numbers."""
     from seqrec.models.registry import MODELS, build_model
 
-    if spec is None or spec.mode == "id":
+    if spec is None:
         return build_model(name, config)
-    if not MODELS[name][1].trainable:
-        raise SeqrecError(f"model {name} takes no item features or text (it has no item tower)")
-    from seqrec.artifact_checks import _SkipMetaNormal
+    if spec.mode == "id":
+        model = build_model(name, config)
+    else:
+        if not MODELS[name][1].trainable:
+            raise SeqrecError(f"model {name} takes no item features or text (it has no item tower)")
+        from seqrec.artifact_checks import _SkipMetaNormal
 
-    with torch.device("meta"), _SkipMetaNormal():
-        base = build_model(name, config).tower.config
-    return build_model(name, config, tower=FeatureTower(base, spec, features, text))
+        with torch.device("meta"), _SkipMetaNormal():
+            base = build_model(name, config).tower.config
+        model = build_model(name, config, tower=FeatureTower(base, spec, features, text))
+    if spec.users is not None:  # rows filled by the caller's load_state_dict
+        attach_user_tower(model, spec.users)
+    return model
+
+
+def tower_spec_of(model: Any) -> TowerSpec | None:
+    """What the artifact's tower.json holds for ``model``: its feature tower's spec and/or its user features
+    (None for a plain id model without user features: such an artifact has no tower.json)."""
+    spec = getattr(model.tower, "spec", None) if hasattr(model, "tower") else None
+    users = user_tower_of(model)
+    if users is None:
+        return spec if isinstance(spec, TowerSpec) else None
+    return dataclasses.replace(spec if isinstance(spec, TowerSpec) else TowerSpec(), users=users.spec)
 
 
 @dataclass

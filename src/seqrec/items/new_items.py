@@ -36,6 +36,14 @@ def feature_tower_of(model: SequenceModel) -> FeatureTower:
     return tower
 
 
+def encoder_for(spec: TowerSpec) -> TextEncoder:
+    """The sentence encoder that embedded the artifact's text (the default one; another must come from Python)."""
+    if spec.text_encoder != DEFAULT_ENCODER:
+        raise SeqrecError(f"this artifact's text was embedded by {spec.text_encoder!r}; pass that encoder "
+                          "from Python (encoder=...)")
+    return SentenceEncoder()
+
+
 def read_new_items(path: str | Path, spec: TowerSpec, catalog: IdMap, config: ItemFeaturesConfig | None = None,
                    encoder: TextEncoder | None = None) -> NewItems:
     """The new items of ``path`` (one row each: the feature columns and text columns the artifact was trained
@@ -63,11 +71,7 @@ def new_items_from_frame(frame: pd.DataFrame, spec: TowerSpec, catalog: IdMap, s
     text = None
     if spec.uses_text:
         texts = list(text_of(frame, list(spec.text_cols) or None, str(path)))
-        if encoder is None:
-            if spec.text_encoder != DEFAULT_ENCODER:
-                raise SeqrecError(f"this artifact's text was embedded by {spec.text_encoder!r}; pass that encoder "
-                                  "from Python (seqrec.items.new_items.read_new_items(..., encoder=...))")
-            encoder = SentenceEncoder()
+        encoder = encoder or encoder_for(spec)
         if encoder.name != spec.text_encoder or encoder.dim != spec.text_dim:
             raise SeqrecError(f"the text encoder {encoder.name!r} ({encoder.dim}-dim) is not the artifact's "
                               f"{spec.text_encoder!r} ({spec.text_dim}-dim)")

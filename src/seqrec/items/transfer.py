@@ -34,6 +34,9 @@ class TransferConfig:
 
 
 def transferable(key: str) -> bool:
+    """Encoder weights and the tower's catalog-free ones; never user features (they belong to the log's users)."""
+    if key.startswith("user_tower."):
+        return False
     return not key.startswith("tower.") or key.startswith(CATALOG_FREE)
 
 
@@ -50,13 +53,13 @@ def init_from(model: SequenceModel, source: SequenceModel, freeze: str = "none",
         with torch.no_grad():
             own[key].copy_(value)
         copied.append(key)
-    missing = [k for k in own if not k.startswith("tower.") and k not in theirs]
+    missing = [k for k in own if not k.startswith(("tower.", "user_tower.")) and k not in theirs]
     if missing or not copied:
         raise SeqrecError(f"{where}: holds no {missing[0] if missing else 'encoder weight'} of this model; "
                           "--init-from needs an artifact of the same model")
     if freeze == "encoder":
         for name, param in model.named_parameters():
-            if not name.startswith("tower."):
+            if not name.startswith(("tower.", "user_tower.")):
                 param.requires_grad_(False)
     return copied
 

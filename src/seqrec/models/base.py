@@ -62,10 +62,14 @@ class SequenceModel(nn.Module):
         self.similarity = make_similarity(config.similarity, config.temperature)
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """(B, L) items [and times] -> (B, L, D) query states, one per position."""
+        """(B, L) items [and times, user ids] -> (B, L, D) query states, one per position."""
         items = batch.items[:, -self.config.max_len :]
         times = None if batch.times is None else batch.times[:, -self.config.max_len :]
-        return self.similarity.query(self.encode(self.tower(items), items, times))
+        x = self.tower(items)
+        users = self._modules.get("user_tower")  # user features (seqrec.items.users), when the model has them
+        if users is not None:
+            x = x + users(batch.users, items)  # the same vector at every real position: causal, padding-free
+        return self.similarity.query(self.encode(x, items, times))
 
     def encode(self, x: torch.Tensor, items: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
         """(B, L, D_in) embedded inputs of (B, L) item ids [and times] -> (B, L, D) hidden states."""
@@ -75,9 +79,10 @@ class SequenceModel(nn.Module):
         """The inputs whose last position predicts the item after ``items`` (identity for next-item models)."""
         return items
 
-    def predict_next(self, items: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) history [and its times] -> (B, D) query that scores the next item."""
-        return self(SequenceBatch(self.next_inputs(items), times=times))[:, -1]
+    def predict_next(self, items: torch.Tensor, times: torch.Tensor | None = None,
+                     users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) history [and its times, (B,) user ids] -> (B, D) query that scores the next item."""
+        return self(SequenceBatch(self.next_inputs(items), times=times, users=users))[:, -1]
 
     def item_table(self) -> ItemTable:
         """The (N + 1, D) catalog [and (N + 1,) bias] the queries are scored against."""

@@ -55,7 +55,7 @@ def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: flo
     masked[none, -1] = real[none, -1]  # every row predicts at least one item
     inputs = torch.where(masked, mask_token, items)
     times = None if batch.times is None else torch.cat([batch.times, batch.times[:, -1:]], 1)[:, 1:]
-    return SequenceBatch(inputs, torch.where(masked, items, 0), times)
+    return SequenceBatch(inputs, torch.where(masked, items, 0), times, batch.users)
 
 
 def training_sequences(split: Split, valid: EvalSet, rest_valid: bool) -> Sequences:
@@ -274,8 +274,7 @@ class Trainer:
             batch = cloze(batch, self._cloze_window(batch), self.model.mask_token, self.cfg.mask_prob, gen)
         assert batch.targets is not None
         targets = batch.targets.to(self.device)
-        inputs = SequenceBatch(batch.items.to(self.device), None,
-                               None if batch.times is None else batch.times.to(self.device))
+        inputs = batch.inputs_on(self.device)  # items, times and user ids
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             query = self.model(inputs)  # (B, L, D)
             mask = targets > 0
