@@ -144,8 +144,10 @@ async function refreshUser() {
   if (user !== state.user) return; // another user was opened meanwhile
   if (hist.status === "fulfilled") {
     const h = hist.value;
-    fill($("history"), h.items);
-    $("history").start = Math.max(1, h.history_length - h.items.length + 1);
+    const list = $("history");
+    fill(list, h.items);
+    list.start = Math.max(1, h.history_length - h.items.length + 1);
+    list.scrollTop = list.scrollHeight; // the newest items are at the bottom
     $("history-count").textContent = `(${h.history_length} items${h.unknown_history_items
       ? `, ${h.unknown_history_items} unknown to the model` : ""})`;
     $("history-note").textContent = h.items.length < h.history_length ? `the last ${h.items.length} shown` : "";
