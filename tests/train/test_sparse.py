@@ -152,6 +152,7 @@ def test_bf16_tables_train_with_stochastic_rounding() -> None:
     _step(model, opt, SAMPLED)
     after = model.tower.id_emb.weight.detach()
     assert after.dtype == torch.bfloat16 and not torch.equal(after, before)
+    assert {v.dtype for v in model.state_dict().values()} == {torch.float32}  # saved as the config implies
     # a value between two bfloat16 numbers rounds up with the probability of its distance
     x = torch.full((20000,), 1.0 + 2**-9)  # a quarter of the way from 1 to the next bfloat16 (1 + 2**-7)
     rounded = opt.rows._round(x, torch.bfloat16).float()
@@ -206,3 +207,20 @@ def test_sparse_fit_learns_beyond_popularity(split: seqrec.Split) -> None:
     popular = create("popular", n_items=split.n_items)
     baseline = fit(popular, split, cfg, progress=False)
     assert result.best_metric > 2 * baseline.best_metric
+
+
+def test_cli_trains_bf16_sparse_tables_into_a_float32_artifact(tiny_log: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from seqrec.cli import main
+
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(tiny_log), "--model", "sasrec", "--epochs", "1", "--dim", "8",
+                 "--max-len", "10", "--quiet", "--item-optimizer", "sparse", "--item-dtype", "bfloat16",
+                 "--loss", "sampled", "--negatives", "8", "--grad-clip", "0", "--out", str(out)]) == 0
+    rec = seqrec.Recommender.load(out)
+    assert rec.model.tower.id_emb.weight.dtype == torch.float32  # the artifact holds what its config implies
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--format", "json"]) == 0
+    assert "NDCG@10" in capsys.readouterr().out
+    assert main(["train", "--data", str(tiny_log), "--model", "sasrec", "--epochs", "1", "--quiet",
+                 "--item-dtype", "bfloat16", "--out", str(tmp_path / "bad")]) == 2

@@ -82,6 +82,7 @@ class ItemTower(nn.Module):
         has_bias = c.bias and c.output != "linear"  # nn.Linear holds its own
         self.bias = nn.Parameter(torch.zeros(c.n_items + 1)) if has_bias else None
         self.sparse_rows = False  # see use_sparse_rows
+        self._saves_float32 = False  # see store_tables
 
     def row_tables(self) -> list[torch.Tensor]:
         """The parameters with one row per item: the input table and a separate output table or layer."""
@@ -99,9 +100,13 @@ class ItemTower(nn.Module):
             self.output.sparse = on
 
     def store_tables(self, dtype: torch.dtype) -> None:
-        """Keep the item tables in ``dtype`` (bfloat16 halves them); inputs are returned in float32."""
+        """Keep the item tables in ``dtype`` (bfloat16 halves them); inputs are returned in float32. Saved
+        weights (state_dict: artifacts, checkpoints) stay float32, the dtype the model's config implies."""
         for weight in self.row_tables():
             weight.data = weight.data.to(dtype)
+        if dtype != torch.float32 and not self._saves_float32:
+            self.register_state_dict_post_hook(_float32_tables)
+            self._saves_float32 = True
 
     @property
     def n_items(self) -> int:
@@ -122,3 +127,10 @@ class ItemTower(nn.Module):
             source = weight = self.output.weight
             bias = self.output.bias if isinstance(self.output, nn.Linear) else self.bias
         return SparseItemTable.of(weight, bias, source) if self.sparse_rows else ItemTable(weight, bias)
+
+
+def _float32_tables(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, meta: object) -> None:
+    """state_dict hook: tables stored in a lower precision are saved as float32."""
+    for key, value in state.items():
+        if key.startswith(prefix) and value.dtype == torch.bfloat16:
+            state[key] = value.float()
