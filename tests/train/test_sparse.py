@@ -224,3 +224,16 @@ def test_cli_trains_bf16_sparse_tables_into_a_float32_artifact(tiny_log: Path, t
     assert "NDCG@10" in capsys.readouterr().out
     assert main(["train", "--data", str(tiny_log), "--model", "sasrec", "--epochs", "1", "--quiet",
                  "--item-dtype", "bfloat16", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_learning_rate_set_on_the_groups_reaches_both_optimizers() -> None:
+    """The loop sets ``lr`` on ``opt.param_groups`` every step (warm-up, cosine), also after a resume."""
+    model = _model("sasrec")
+    opt = make_optimizer(model, _cfg("sparse"))
+    assert isinstance(opt, ItemRowsAdamW) and opt.dense is not None
+    _step(model, opt, SAMPLED)
+    opt.load_state_dict(opt.state_dict())
+    for group in opt.param_groups:
+        group["lr"] = 0.123
+    assert {g["lr"] for g in opt.dense.param_groups} == {g["lr"] for g in opt.rows.param_groups} == {0.123}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
