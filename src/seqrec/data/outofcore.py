@@ -14,7 +14,7 @@ import gzip
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,17 @@ import pyarrow.parquet as pq
 from seqrec.data.ids import IdMap
 from seqrec.data.io import DEFAULT_TIME_COL, ReadOptions, _sniff_sep, detect_format
 from seqrec.data.io import _first_line as first_text_line
-from seqrec.data.preprocess import Dataset, PreprocessOptions, PreprocessReport, k_core
+from seqrec.data.preprocess import Dataset, PreprocessOptions, PreprocessReport
 from seqrec.data.sequences import Sequences
 from seqrec.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_ROWS = 1 << 20  # rows per Parquet record batch
 CSV_BLOCK = 32 << 20  # bytes per CSV block
+KEY_CHUNK = 1 << 22  # rows per chunk when the sort key is computed
 UNIFY_EVERY = 1 << 20  # new dictionary entries of text ids gathered before they are merged into one dictionary
 BYTES_PER_ROW_IN_MEMORY = 240  # pandas' peak per row of the in-memory path (benchmarks/scale.py, 10M rows)
-BYTES_PER_ROW_OUT_OF_CORE = 64  # peak per row of :func:`build` (benchmarks/scale.py --prepare)
+BYTES_PER_ROW_OUT_OF_CORE = 48  # peak per row of :func:`build`: about 40 (benchmarks/scale.py --prepare), and a margin
 
 
 # ---- the files of a log ---------------------------------------------------------------------------
@@ -189,12 +190,37 @@ def choose_columns(names: list[str], options: ReadOptions, source: str) -> Colum
     return Columns(options.user_col, options.item_col, time, options.rating_col)
 
 
+class Column:
+    """A numpy column filled batch by batch: one buffer, sized up front when the row count is known
+    (Parquet footers), grown by half when it is not, so that no list of chunks is ever concatenated."""
+
+    def __init__(self, dtype: type[np.generic], capacity: int) -> None:
+        self._data = np.empty(max(capacity, 1024), dtype=dtype)
+        self.size = 0
+
+    def append(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self._data):
+            grown = np.empty(max(end, len(self._data) * 3 // 2), dtype=self._data.dtype)
+            grown[: self.size] = self._data[: self.size]
+            self._data = grown
+        self._data[self.size : end] = values
+        self.size = end
+
+    def take(self) -> np.ndarray:
+        """The filled part (the buffer itself when nearly full, else a tight copy); the column is emptied."""
+        data, self._data = self._data, np.empty(0, dtype=self._data.dtype)
+        if self.size < len(data) * 0.9:
+            return data[: self.size].copy()
+        return data[: self.size]
+
+
 class _StringCodes:
     """Codes of a string column over one dictionary that grows as batches arrive (first-seen order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
         self.dictionary: pa.Array = pa.array([], pa.string())
-        self.codes: list[np.ndarray] = []
+        self.codes = Column(np.int32, capacity)
         self._pending: list[pa.DictionaryArray] = []
         self._pending_size = 0
 
@@ -212,24 +238,23 @@ class _StringCodes:
         unified = pa.chunked_array([head, *self._pending]).unify_dictionaries()
         self.dictionary = unified.chunk(0).dictionary  # the old entries keep their codes, new ones follow
         for chunk in unified.chunks[1:]:
-            self.codes.append(chunk.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
+            self.codes.append(chunk.indices.to_numpy(zero_copy_only=False))
         self._pending, self._pending_size = [], 0
 
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         self._flush()
-        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int32)
-        self.codes = []
-        return codes, self.dictionary
+        return self.codes.take(), self.dictionary
 
 
 class IdColumn:
     """An id column, kept as int64 values (integer columns) or as string codes (text columns)."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, capacity: int) -> None:
         self.role = role
         self.kind: str | None = None  # "int" or "str", fixed by the first batch
-        self._ints: list[np.ndarray] = []
-        self._strings = _StringCodes()
+        self._capacity = capacity
+        self._ints: Column | None = None
+        self._strings: _StringCodes | None = None
 
     def valid(self, values: pa.Array) -> np.ndarray:
         """Rows of a batch whose value is present (blank and 'nan' strings count as missing)."""
@@ -248,8 +273,10 @@ class IdColumn:
                             f"{'text' if self.kind == 'str' else 'numbers'} in the files before it; write them "
                             "with one type in every file")
         if kind == "str":
+            self._strings = self._strings or _StringCodes(self._capacity)
             self._strings.add(values)
             return
+        self._ints = self._ints or Column(np.int64, self._capacity)
         if pa.types.is_floating(values.type):
             floats = values.to_numpy(zero_copy_only=False)
             if (floats != np.round(floats)).any():
@@ -265,12 +292,14 @@ class IdColumn:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes, external ids in sorted order, valid-row mask): codes index the external ids."""
-        if self.kind == "str":
+        if self._strings is not None:
             codes, dictionary = self._strings.finish()
+            self._strings = None
             return _text_ids(codes, dictionary)
-        values = np.concatenate(self._ints) if self._ints else np.zeros(0, dtype=np.int64)
-        self._ints = []
-        codes, uniques = dense_codes(values)
+        values = self._ints.take() if self._ints is not None else np.zeros(0, dtype=np.int64)
+        self._ints = None
+        codes, uniques = dense_codes(values, own=True)
+        del values
         return codes, uniques, np.ones(len(codes), dtype=bool)
 
 
@@ -279,18 +308,19 @@ def _is_text(t: pa.DataType) -> bool:
                 or pa.types.is_dictionary(t))
 
 
-def dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dense_codes(values: np.ndarray, own: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(codes, sorted uniques) of an int64 array: ``uniques[codes] == values``; int32 codes when they fit.
 
     Ids in a range not much wider than the row count go through a presence table (linear time);
-    sparse ids (hashes) through a sort."""
+    sparse ids (hashes) through a sort. With ``own`` the values may be overwritten (no copy is made)."""
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
     lo, hi = int(values.min()), int(values.max())
     span = hi - lo + 1
     if span <= max(2 * n, 1 << 24):
-        offset = values - lo
+        offset = values if own else values.copy()
+        offset -= lo
         present = np.zeros(span, dtype=bool)
         present[offset] = True
         rank = np.cumsum(present, dtype=np.int64 if span > 2**31 - 1 else np.int32) - 1
@@ -473,16 +503,14 @@ def _failed_column(message: str, file_names: list[str], wanted: list[str]) -> st
 # ---- cleaning -----------------------------------------------------------------------------------------
 
 
-@dataclass
 class _Log:
     """The columns of a log as read: rows in file order, bad rows already dropped."""
 
-    users: IdColumn = field(default_factory=lambda: IdColumn("user"))
-    items: IdColumn = field(default_factory=lambda: IdColumn("item"))
-    times: list[np.ndarray] = field(default_factory=list)
-    ratings: list[np.ndarray] = field(default_factory=list)
-    has_time: bool = False
-    has_rating: bool = False
+    def __init__(self, capacity: int) -> None:
+        self.users, self.items = IdColumn("user", capacity), IdColumn("item", capacity)
+        self.times: Column | None = None
+        self.ratings: Column | None = None
+        self.capacity = capacity
 
 
 def read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions) -> tuple[_Log, PreprocessReport]:
@@ -500,7 +528,7 @@ def read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions) -> t
 def _read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, text_ids: list[str]
                   ) -> tuple[_Log, PreprocessReport]:
     report = PreprocessReport()
-    log = _Log()
+    log = _Log(int(estimated_rows(path, options) * (1.0 if path.is_dir() or is_parquet(path, options) else 1.1)))
     rows = 0
     header = int(options.header)
     for source, batch, columns in batches(path, options, text_ids):
@@ -531,10 +559,10 @@ def _read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, tex
         log.users.add(raw["user"] if mask is None else raw["user"].filter(mask), source)
         log.items.add(raw["item"] if mask is None else raw["item"].filter(mask), source)
         if "time" in parsed:
-            log.has_time = True
+            log.times = log.times or Column(np.float64, log.capacity)
             log.times.append(parsed["time"][keep])
         if "rating" in parsed:
-            log.has_rating = True
+            log.ratings = log.ratings or Column(np.float64, log.capacity)
             log.ratings.append(parsed["rating"][keep])
     report.rows_read = rows
     return log, report
@@ -549,13 +577,37 @@ def sort_order(users: np.ndarray, times: np.ndarray | None) -> np.ndarray:
     whole = bool(np.all(times == np.floor(times))) and np.isfinite(times).all()
     lo = float(times.min()) if whole else 0.0
     span = float(times.max()) - lo + 1 if whole else 0.0
+    key = np.empty(n, dtype=np.int64)
     if whole and span * n_users < 2**62:
-        key = users.astype(np.int64) * np.int64(span) + (times - lo).astype(np.int64)
+        for a in range(0, n, KEY_CHUNK):  # in chunks: the temporaries stay small
+            b = min(n, a + KEY_CHUNK)
+            np.multiply(users[a:b], np.int64(span), out=key[a:b], dtype=np.int64)
+            key[a:b] += (times[a:b] - lo).astype(np.int64)
     else:  # times as ranks: at most n distinct values
         uniq, rank = np.unique(times, return_inverse=True)
-        key = users.astype(np.int64) * np.int64(len(uniq)) + rank.astype(np.int64)
+        np.multiply(users, np.int64(len(uniq)), out=key, dtype=np.int64)
+        key += rank
         del uniq, rank
     return np.argsort(key, kind="stable")
+
+
+def lean_k_core(users: np.ndarray, items: np.ndarray, user_core: int, item_core: int) -> np.ndarray:
+    """:func:`seqrec.data.preprocess.k_core` with a byte per row of temporaries: per-id pass/fail tables
+    looked up per row, not per-row counts."""
+    keep = np.ones(len(users), dtype=bool)
+    if user_core <= 1 and item_core <= 1:
+        return keep
+    n_users, n_items = int(users.max(initial=0)) + 1, int(items.max(initial=0)) + 1
+    kept = len(users)
+    while True:
+        u_ok = np.bincount(users[keep], minlength=n_users) >= user_core
+        i_ok = np.bincount(items[keep], minlength=n_items) >= item_core
+        keep &= u_ok[users]
+        keep &= i_ok[items]
+        now = int(np.count_nonzero(keep))
+        if now == kept:
+            return keep
+        kept = now
 
 
 def duplicate_mask(users: np.ndarray, items: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -588,13 +640,15 @@ def build(path: Path, options: ReadOptions | None = None, opts: PreprocessOption
     opts = opts or PreprocessOptions()
     source = str(path)
     log, report = read_columns(path, options, opts)
-    if log.has_time and log.times and not any(len(t) for t in log.times) and report.rows_read:
+    pa.default_memory_pool().release_unused()  # the batches' buffers, back to the system
+    if log.times is not None and log.times.size == 0 and report.rows_read:
         raise DataError(f"{source}: no value of the time column could be read as a number or a date; choose "
                         "another --time-col, or leave it out to use file order")
     u_codes, u_ext, u_ok = log.users.finish()
     i_codes, i_ext, i_ok = log.items.finish()
-    times = np.concatenate(log.times) if log.has_time else None
-    ratings = np.concatenate(log.ratings) if log.has_rating else None
+    times = log.times.take() if log.times is not None else None
+    ratings = log.ratings.take() if log.ratings is not None else None
+    del log
     keep = u_ok & i_ok
     for role, ok in (("user", u_ok), ("item", i_ok)):
         bad = int((~ok & (u_ok if role == "item" else True)).sum())
@@ -631,7 +685,7 @@ def build(path: Path, options: ReadOptions | None = None, opts: PreprocessOption
         report.add("consecutive repeat", int(rep.sum()))
         u_codes, i_codes = u_codes[~rep], i_codes[~rep]
         times = None if times is None else times[~rep]
-    core = k_core(u_codes, i_codes, opts.user_core, opts.item_core)
+    core = lean_k_core(u_codes, i_codes, opts.user_core, opts.item_core)
     report.add(f"k-core (users >= {opts.user_core}, items >= {opts.item_core})", int((~core).sum()))
     if not core.all():
         u_codes, i_codes = u_codes[core], i_codes[core]
