@@ -207,6 +207,20 @@ def test_a_value_the_setting_rejects_is_an_error_before_training() -> None:
         check_space(RunConfig("sasrec"), [Param("train.lr", "float", -0.5, 0.1)])
 
 
+def test_a_value_valid_beside_another_parameter_passes_and_a_bad_combination_fails_its_trial(
+        tiny_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text("defaults = false\n[model.n_heads]\nchoices = [3]\n[model.dim]\nchoices = [8, 9]\n")
+    with pytest.raises(SeqrecError, match="dim 8 must be divisible by n_heads 3"):  # no dim that 3 divides
+        check_space(RunConfig("sasrec", {"dim": 8}), build_space("sasrec", {"model.dim"}, space)[:1])
+    argv = tune_args(tiny_log, tmp_path / "study", space, "--trials", "4")
+    argv[argv.index("--dim"):argv.index("--dim") + 2] = []
+    assert main(argv) == 0
+    rows = trials(tmp_path / "study")
+    assert {r["model.dim"]: r["state"] for r in rows} == {8: "fail", 9: "complete"}
+    assert "failed: model sasrec: dim 8 must be divisible by n_heads 3" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("extra", "expected"), [
     (("--trials", "0"), "--trials: must be 1 or more"),
     (("--timeout", "-5"), "--timeout: must be a positive number"),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from seqrec import tracking
 from seqrec.data.config import DataConfig, load_data, split_data
@@ -176,8 +177,12 @@ class Objective:
 
         optuna = _import_optuna()
         values = {p.path: suggest(trial, p) for p in self.params}
-        run = apply(self.fixed, values, f"trial {trial.number}")
         print(f"trial {trial.number}: {short(values)}", flush=True)
+        try:
+            run = apply(self.fixed, values)
+        except SeqrecError as exc:  # a combination the model rejects: this trial fails, the study goes on
+            print(f"trial {trial.number}: failed: {exc}", flush=True)
+            raise
         rec = Recommender(run.model, run.train, **run.model_config)
         rec.tower_inputs = self.trial_data.tower
         if run.data.transfer.init_from is not None:
@@ -198,8 +203,10 @@ class Objective:
             print(f"trial {trial.number}: {exc}", flush=True)
             trackers.finish({}, status="pruned")
             raise
-        except BaseException:
+        except BaseException as exc:
             trackers.finish({}, status="failed")
+            if isinstance(exc, SeqrecError | torch.OutOfMemoryError):  # caught by the study, which goes on
+                print(f"trial {trial.number}: failed: {exc}", flush=True)
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs", len(result.history))
@@ -369,13 +376,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise SeqrecError(f"--out {out}: cannot create it ({exc.strerror})") from None
     storage_url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     print(f"searching {len(params)} settings of {fixed.model}: " + "; ".join(p.describe() for p in params))
-    _import_optuna().logging.set_verbosity(_import_optuna().logging.WARNING)
+    _import_optuna().logging.set_verbosity(_import_optuna().logging.ERROR)  # each trial prints its own lines
     study = open_study(args, name, storage_url, fixed, params)
     trial_data = read_data(fixed)
     objective = Objective(fixed, params, trial_data, args, name, out)
     callback: Callable[[Any, Any], None] = lambda s, _t: write_results(s, out, fixed, storage_url)  # noqa: E731
-    import torch
-
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=args.trials, timeout=args.timeout, callbacks=[callback],
                    catch=(SeqrecError, torch.OutOfMemoryError), gc_after_trial=True)

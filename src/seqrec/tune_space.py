@@ -72,7 +72,8 @@ def _choice(path: str, *choices: Any) -> dict[str, Any]:
 
 TRAINING = {**_rng("train.lr", 2e-4, 5e-3, log=True), **_choice("train.weight_decay", 0.0, 0.01, 0.1),
             **_choice("train.batch_size", 64, 128, 256)}
-ATTENTION = {**_choice("model.dim", 64, 128, 256, 384), **_rng("model.n_layers", 1, 3), **_rng("model.dropout", 0.1, 0.6)}
+ATTENTION = {**_choice("model.dim", 64, 128, 256, 384), **_rng("model.n_layers", 1, 3),
+             **_rng("model.dropout", 0.1, 0.6)}
 RECURRENT = {**_choice("model.dim", 32, 64, 128), **_choice("model.hidden", 64, 128, 256),
              **_rng("model.n_layers", 1, 2), **_rng("model.dropout", 0.0, 0.5)}
 DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
@@ -216,13 +217,23 @@ def apply(fixed: RunConfig, values: Mapping[str, Any], where: str = "") -> RunCo
     return run_config_from_dict(deep_merge(run_config_dict(fixed), nested(values)), where)
 
 
+def _values(p: Param) -> list[Any]:
+    return list(p.choices) if p.kind == "choice" else [p.low, p.high]
+
+
 def check_space(fixed: RunConfig, params: Sequence[Param]) -> None:
-    """Every bound and choice, set alone on the fixed run, must give a valid run (so a typo such as
-    dropout high = 1.5 fails before any training)."""
+    """Every bound and choice must give a valid run on the fixed run, alone or beside one value of
+    another parameter (n_heads = 3 needs a dim it divides), so that a typo such as lr low = -1 fails
+    before any training. Other invalid combinations fail their trial only."""
     for p in params:
-        values = list(p.choices) if p.kind == "choice" else [p.low, p.high]
-        for value in values:
-            try:
-                apply(fixed, {p.path: value})
-            except SeqrecError as exc:
-                raise SeqrecError(f"search space: {p.path} = {value!r} is not a valid setting: {exc}") from None
+        partners: list[dict[str, Any]] = [{}, *({q.path: v} for q in params if q is not p for v in _values(q))]
+        for value in _values(p):
+            errors = []
+            for partner in partners:
+                try:
+                    apply(fixed, {**partner, p.path: value})
+                    break
+                except SeqrecError as exc:
+                    errors.append(exc)
+            else:
+                raise SeqrecError(f"search space: {p.path} = {value!r} is not a valid setting: {errors[0]}")
