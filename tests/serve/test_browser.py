@@ -1,7 +1,8 @@
 """The page and the docs in a real browser: headless Chromium (Debian's `chromium` package, which CI installs)
-driven by Playwright against a live `seqrec serve` on the tiny artifact. Every request the browser makes is
+driven by Playwright against a live `seqrec serve` on a tiny artifact. Every request the browser makes is
 watched: none may fail, answer an error, leave this origin or carry the key in its URL, and the console must
-stay free of errors (a Content-Security-Policy violation is one)."""
+stay free of errors (a Content-Security-Policy violation is one). The artifact's titles are HTML on purpose:
+the page must show them as text."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+
+from seqrec.artifact import Artifact, save_artifact
+from seqrec.data.preprocess import build_dataset
+from seqrec.models.registry import create
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the `test` extra has it)")
 
@@ -48,11 +56,29 @@ class Watch:
         assert not [r.url for r in self.requests if KEY in r.url]
 
 
+def title(item: int | str) -> str:
+    """Markup that would fetch /pwned/... and set window.pwned if a page ever parsed it as HTML."""
+    return f'<img src="/pwned/{item}" onerror="window.pwned = 1">Item {item} & <b>more</b>'
+
+
+def hostile_artifact(path: Path) -> Path:
+    """30 users with 8 of 40 items each (ids 100..139), gru4rec with random weights, titles that are HTML."""
+    rng = np.random.default_rng(0)
+    rows = [(user, int(item), t) for user in range(1, 31)
+            for t, item in enumerate(rng.choice(np.arange(100, 140), size=8, replace=False))]
+    frame = pd.DataFrame(rows, columns=["user", "item", "time"])
+    data = build_dataset(frame, name="hostile", titles={i: title(i) for i in range(100, 140)})
+    torch.manual_seed(0)
+    net = create("gru4rec", n_items=data.n_items, max_len=20, dim=16, hidden=16, n_layers=1)
+    return Path(save_artifact(path, Artifact("gru4rec", net.eval(), data)))
+
+
 @pytest.fixture(scope="module")
-def server(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory, port_factory: Callable[[], int],
+def server(tmp_path_factory: pytest.TempPathFactory, port_factory: Callable[[], int],
            serve_process: Callable[..., subprocess.Popen[bytes]]) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("browser")
     port = port_factory()
-    proc = serve_process(artifact_dir, port, tmp_path_factory.mktemp("browser") / "events.db", KEY)
+    proc = serve_process(hostile_artifact(root / "artifact"), port, root / "events.db", KEY)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -100,7 +126,8 @@ def test_pick_a_user_record_an_event_and_see_the_recommendations_change(page: tu
     history_before = item_ids(tab, "history")
     recs_before = item_ids(tab, "recs")
     assert history_before and len(set(recs_before)) == 10
-    assert "Item " in tab.locator("#history > li").first.inner_text()  # titles, not bare ids
+    first = tab.locator("#history > li .title").first
+    assert first.inner_text() == title(history_before[0])  # the title, as text
 
     chosen = recs_before[0]
     with tab.expect_request(lambda r: r.url.endswith("/v1/events") and r.method == "POST") as posted:
@@ -114,11 +141,14 @@ def test_pick_a_user_record_an_event_and_see_the_recommendations_change(page: tu
 
     # the store has it: the service's own answer, outside the browser
     stored = httpx.get(f"{server}/v1/users/2/history", params={"limit": 1}, headers={"X-API-Key": KEY}).json()
-    assert stored["items"] == [{"item_id": int(chosen), "title": f"Item {chosen}"}]
+    assert stored["items"] == [{"item_id": int(chosen), "title": title(chosen)}]
 
     tab.locator("#recs > li .title").first.click()  # similar items for any item
     expect(tab.locator("#similar > li")).to_have_count(10)
     assert tab.evaluate("sessionStorage.getItem('seqrec.apiKey')") == KEY
+    # no title was parsed as markup: no element made from one, no handler run (nor /pwned fetched: watch)
+    assert tab.evaluate("document.querySelectorAll('main img, main b').length") == 0
+    assert tab.evaluate("window.pwned === undefined")
     watch.check()
 
 
