@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -171,9 +170,17 @@ class Objective:
     def metric(self) -> str:
         return f"valid_{self.fixed.train.valid_metric}"
 
+    def recommender(self, run: RunConfig) -> Recommender:
+        from seqrec.items.transfer import transfer_hook
+
+        rec = Recommender(run.model, run.train, **run.model_config)
+        rec.tower_inputs = self.trial_data.tower
+        if run.data.transfer.init_from is not None:
+            rec.prepare_model = transfer_hook(run.model, run.data.transfer.init_from, run.data.transfer.freeze)
+        return rec
+
     def __call__(self, trial: Any) -> float:
         from seqrec.cli import _epoch_printer
-        from seqrec.items.transfer import transfer_hook
 
         optuna = _import_optuna()
         values = {p.path: suggest(trial, p) for p in self.params}
@@ -183,10 +190,7 @@ class Objective:
         except SeqrecError as exc:  # a combination the model rejects: this trial fails, the study goes on
             print(f"trial {trial.number}: failed: {exc}", flush=True)
             raise
-        rec = Recommender(run.model, run.train, **run.model_config)
-        rec.tower_inputs = self.trial_data.tower
-        if run.data.transfer.init_from is not None:
-            rec.prepare_model = transfer_hook(run.model, run.data.transfer.init_from, run.data.transfer.freeze)
+        rec = self.recommender(run)
         trackers = self._trackers(trial.number, run)
         printer = trackers.hook(None if self.args.quiet else _epoch_printer(False))
 
@@ -386,5 +390,5 @@ def cmd_tune(args: argparse.Namespace) -> int:
                    catch=(SeqrecError, torch.OutOfMemoryError), gc_after_trial=True)
     write_results(study, out, fixed, storage_url)
     print_summary(study, out, objective.metric)
-    print(f"({time.perf_counter() - t0:.0f} s in this call)", file=sys.stderr)
+    print(f"{time.perf_counter() - t0:.0f} s in this call")
     return 0
