@@ -58,6 +58,7 @@ from seqrec.settings import (
     type_hints,
     value_at,
 )
+from seqrec.train import distributed
 from seqrec.train.checkpoint import checkpoint_epoch
 from seqrec.train.config import PrivacyConfig
 from seqrec.tune import add_parser as add_tune_parser
@@ -248,6 +249,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     privacy_commands.add_train_args(p)
     tracking.add_track_args(p)
 
+    distributed.add_launch_args(p)
 
 def print_dataset(data: Dataset) -> None:
     s = data.stats()
@@ -296,7 +298,21 @@ def output_dir(args: argparse.Namespace, model: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     run = train_run_config(args)
+    """`seqrec train`: in this process; as torchrun's processes (--nproc, --nnodes); or as one of them."""
     out = output_dir(args, run.model)
+    launch = distributed.launch_from(args)
+    if launch.needed and not distributed.launched(os.environ):
+        outcome = distributed.launch_train(launch, getattr(args, "argv", None), os.environ, run.train)
+        if outcome.message:
+            print(f"seqrec: error: {outcome.message}", file=sys.stderr)
+        return outcome.status
+    with distributed.worker(os.environ, run.train.device, args.dist_timeout) as ranks:
+        if not ranks.main:
+            args.track = []  # rank 0 logs for all
+        return _train(args, run, ranks)
+
+
+def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -> int:
     trackers = tracking.train_trackers(args, run_config_dict(run), out)
     ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
     data, dropped = privacy_commands.load_training_data(run.data, ingest)
@@ -306,7 +322,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print_dataset(data)
     split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}
-    if run.model != "popular":
+    if run.model != "popular" and ranks.main:
         # the baseline is a comparison printed here, not part of the artifact: never private
         baseline = Recommender("popular", replace(run.train, privacy=PrivacyConfig()),
                                max_len=run.model_config["max_len"])
@@ -322,6 +338,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = rec.fit(data, split, out_dir=out, resume=args.resume, progress=not args.quiet,
                      on_epoch=trackers.hook(_epoch_printer(args.quiet)))
     print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
+    if not ranks.main:
+        return 0  # rank 0 evaluates and writes the artifact
     if result.stopped_by_time:
         print(f"seqrec: note: training stopped after {len(result.history)} epochs: max_seconds "
               f"({run.train.max_seconds:g} s) was reached", file=sys.stderr)
@@ -659,10 +677,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(build_parser(), argv)
         return int(args.func(args))
     except SeqrecError as exc:
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches it
         print(f"seqrec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seqrec: interrupted", file=sys.stderr)
+    except distributed.LostRanks as exc:
+        if str(exc):
+            print(f"seqrec: error: {exc}", file=sys.stderr)
+        return 1
         return 130
 
 

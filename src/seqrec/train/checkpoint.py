@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,28 +49,45 @@ def _unkey(k: Any) -> Any:
     return k["int"] if isinstance(k, dict) else k
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, best: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, loop_state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
+                    optimizer_state: dict[str, Any], loop_state: dict[str, Any]) -> None:
+    """Write the checkpoint directory at once (a reader sees the previous one or this one)."""
     with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
-        opt_tensors, opt_skeleton = state_to_tensors(optimizer.state_dict())
+        opt_tensors, opt_skeleton = state_to_tensors(optimizer_state)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"loop": loop_state, "optimizer": opt_skeleton}))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: dict[str, torch.Tensor]  # the last epoch's weights
+    best: dict[str, torch.Tensor]  # the best epoch's weights so far
+    optimizer: dict[str, Any]  # the optimizer's state dict
+    loop: dict[str, Any]  # epoch, history, best epoch, ... (JSON)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        opt_state = tensors_to_state(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+        return Checkpoint(load_file(str(path / "model.safetensors")), load_file(str(path / "best.safetensors")),
+                          opt_state, meta["loop"])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from exc
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return (best weights, loop state)."""
+    ckpt = read_checkpoint(path)
     try:
-        meta = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        best = load_file(str(path / "best.safetensors"))
-        opt_state = tensors_to_state(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
-        optimizer.load_state_dict(opt_state)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
+    except (ValueError, KeyError, RuntimeError) as exc:
         raise ArtifactError(f"{path}: cannot resume from this checkpoint ({exc}); delete it to start over") from exc
-    return best, meta["loop"]
+    return ckpt.best, ckpt.loop
 
 
 def checkpoint_epoch(path: Path) -> int | None:

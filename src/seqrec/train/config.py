@@ -84,6 +84,9 @@ class TrainConfig:
     bf16: bool = setting(False, "bfloat16 autocast of the encoder, CPU or CUDA (the catalog softmax stays fp32)")
     device: str = setting("auto", "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps",
                           check=check_device)
+    shard: str = setting("none", "with several processes (torchrun, --nproc): none keeps a whole model in each "
+                         "(DDP), full shards weights, gradients and optimizer state across them (FSDP2); "
+                         "see docs/distributed.md", choices=("none", "full"))
     valid_metric: str = setting("NDCG@10", "validation metric for early stopping and the best epoch",
                                 check=check_metric)
     valid_users: int | None = setting(None, "early stopping on a fixed random subset of this many validation "

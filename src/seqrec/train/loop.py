@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import EvalConfig, evaluate
 from seqrec.losses import LossInputs, NegativeSampler, compute_loss
 from seqrec.models.base import SequenceModel
-from seqrec.train.checkpoint import load_checkpoint, save_checkpoint
+from seqrec.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from seqrec.train.config import TrainConfig
+from seqrec.train.distributed import RankBatches, Replicas, all_sum, broadcast, current
 from seqrec.train.optim import make_optimizer
 
 
@@ -109,6 +110,9 @@ class Trainer:
         self.item_counts = counts
         self.sampler = NegativeSampler(split.n_items, cfg.loss.sampler, counts)
         self._rows = TargetWeighting()  # replaced at the start of each fit: the running mean belongs to one fit
+        self.ranks = current()  # the torchrun process group, when one was started (train/distributed.py)
+        self.net: torch.nn.Module = model  # what the steps call: the model, or its DDP / FSDP wrapper in fit
+        self.trained: SequenceModel = model  # whose parameters the steps update (FSDP: a sharded copy on rank 0)
         self.privacy: dict[str, Any] = {}  # DP: noise multiplier, sample rate, epsilon spent, accountant history
 
     def fit(self, resume: bool = False) -> FitResult:
@@ -118,16 +122,34 @@ class Trainer:
                 raise SeqrecError(f"--dp-epsilon: {model.name} is counted, not trained: its counts are not private")
             return self._fit_statistics()
         if cfg.privacy.enabled:
+            if self.ranks.active:
+                raise SeqrecError("--dp-epsilon: DP-SGD trains in one process; run it without --nproc or torchrun")
             return self._fit_private(resume)
-        batches = TrainBatches(self.train, self.max_len, cfg.batch_size, cfg.sliding, cfg.bucket)
+        if self.ranks.active and cfg.item_optimizer == "sparse":
+            raise SeqrecError("--item-optimizer sparse trains in one process (its sparse row gradients are not "
+                              "averaged across processes); use --item-optimizer dense with --nproc or torchrun")
+        batches = RankBatches(self.train, self.max_len, cfg.batch_size, cfg.sliding, cfg.bucket, self.ranks)
         if len(batches) == 0:
-            raise SeqrecError("no training sequence has 2 or more events; nothing to learn from")
-        opt = make_optimizer(model, cfg)
-        result, start_epoch, best, bad = FitResult(), 0, self._snapshot(), 0
+            raise SeqrecError("no training sequence has 2 or more events; nothing to learn from"
+                              if self.ranks.world == 1 else
+                              f"fewer training windows than the {self.ranks.world} processes; use fewer processes")
+        replicas = Replicas(model, cfg.shard, self.device, self.ranks)
+        self.net, self.trained = replicas.net, cast(SequenceModel, replicas.trained)
+        opt = make_optimizer(replicas.trained, cfg)  # after sharding: FSDP replaces the parameters
+        result, start_epoch, bad = FitResult(), 0, 0
+        state = replicas.model_state()
+        best = replicas.snapshot(state) if state is not None else {}
         self._rows = TargetWeighting()
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
-        if resume and ckpt and (ckpt / "state.json").exists():
-            best, loop = load_checkpoint(ckpt, model, opt)
+        saved = read_checkpoint(ckpt) if self.ranks.main and resume and ckpt and (ckpt / "state.json").exists() \
+            else None
+        loop = broadcast(saved.loop if saved else None, self.ranks)  # rank 0 decides; the others follow
+        if loop is not None:
+            if (loop.get("shard", "none") == "full") != (replicas.shard == "full"):
+                raise SeqrecError(f"{ckpt}: this checkpoint was written with --shard {loop.get('shard', 'none')}; "
+                                  f"resume with the same --shard (and more than one process for full)")
+            replicas.load(opt, saved.model if saved else None, saved.optimizer if saved else None)
+            best = saved.best if saved else {}
             start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
             self._rows = TargetWeighting(*loop.get("row_weights", (0, 0)))
             result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
@@ -140,25 +162,38 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             loss = self._epoch(batches, opt, epoch, total_steps)
-            t_valid = time.perf_counter()
-            metrics = self.validate()
-            t_end = time.perf_counter()
-            row = {"epoch": epoch + 1, "loss": loss, **metrics, "eval_seconds": t_end - t_valid, "seconds": t_end - t0}
+            state = replicas.model_state()  # gathered on rank 0 under FSDP (every rank takes part)
+            row = None
+            if self.ranks.main:
+                t_valid = time.perf_counter()
+                metrics = self.validate(replicas.eval_model(state))
+                t_end = time.perf_counter()
+                row = {"epoch": epoch + 1, "loss": loss, **metrics, "eval_seconds": t_end - t_valid,
+                       "seconds": t_end - t0}
+            row = broadcast(row, self.ranks)  # the same history, stopping and best epoch on every rank
+            assert row is not None
             result.history.append(row)
             result.seconds += row["seconds"]
-            score = metrics[f"valid_{cfg.valid_metric}"]
+            score = row[f"valid_{cfg.valid_metric}"]
             if score > result.best_metric:
-                result.best_metric, result.best_epoch, best, bad = score, epoch + 1, self._snapshot(), 0
+                result.best_metric, result.best_epoch, bad = score, epoch + 1, 0
+                best = replicas.snapshot(state) if state is not None else {}
             else:
                 bad += 1
             if ckpt:
-                save_checkpoint(ckpt, model, best, opt, {
-                    "epoch": epoch, "bad_epochs": bad, "history": result.history,
-                    "best_epoch": result.best_epoch, "best_metric": result.best_metric,
-                    "seconds": result.seconds, "row_weights": [self._rows.rows, self._rows.batches]})
-            if self.on_epoch:
+                opt_state = replicas.optimizer_state(opt)
+                if state is not None and opt_state is not None:
+                    save_checkpoint(ckpt, state, best, opt_state, {
+                        "epoch": epoch, "bad_epochs": bad, "history": result.history,
+                        "best_epoch": result.best_epoch, "best_metric": result.best_metric,
+                        "seconds": result.seconds, "row_weights": [self._rows.rows, self._rows.batches],
+                        "shard": replicas.shard, "processes": self.ranks.world})
+            if self.on_epoch and self.ranks.main:
                 self.on_epoch(row)
-        model.load_state_dict(best)
+        replicas.release()
+        self.net, self.trained = model, model
+        if self.ranks.main:
+            model.load_state_dict(best)
         model.eval()
         return result
 
@@ -208,7 +243,7 @@ class Trainer:
             result.seconds += row["seconds"]
             result.best_epoch, result.best_metric = epoch + 1, metrics[f"valid_{cfg.valid_metric}"]
             if ckpt:
-                save_checkpoint(ckpt, model, self._snapshot(), opt, {
+                save_checkpoint(ckpt, model.state_dict(), self._snapshot(), opt.state_dict(), {
                     "epoch": epoch, "bad_epochs": 0, "history": result.history, "best_epoch": result.best_epoch,
                     "best_metric": result.best_metric, "seconds": result.seconds, "accountant": acc.history})
             if self.on_epoch:
@@ -253,17 +288,22 @@ class Trainer:
                          metrics[f"valid_{self.cfg.valid_metric}"], 0.0)
 
     def _epoch(self, batches: TrainBatches, opt: torch.optim.Optimizer, epoch: int, total: int) -> float:
-        cfg, model = self.cfg, self.model
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout; same stream after a resume
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        cfg, model = self.cfg, self.net
+        seed = cfg.seed * 100_003 + epoch
+        torch.manual_seed(seed if self.ranks.world == 1 else seed + 7_919 * (self.ranks.rank + 1))  # dropout
+        gen = torch.Generator().manual_seed(seed)  # batch order: the same on every rank
+        # negatives and masks: one process draws them from the order's stream (so a resumed or
+        # earlier run draws the same); several processes each need their own
+        step_gen = gen if self.ranks.world == 1 else \
+            torch.Generator().manual_seed(seed + 7_919 * (self.ranks.rank + 1))
         model.train()
         losses: list[float] = []
         bar = tqdm(batches.epoch(gen), total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+                   disable=not (self.progress and self.ranks.main), leave=False, dynamic_ncols=True)
         for i, batch in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(epoch * len(batches) + i, total, cfg)
-            loss = self._step(batch, opt, gen)
+            loss = self._step(batch, opt, step_gen)
             losses.append(loss)
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -276,16 +316,30 @@ class Trainer:
         targets = batch.targets.to(self.device)
         inputs = batch.inputs_on(self.device)  # items, times and user ids
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            query = self.model(inputs)  # (B, L, D)
+            query = self.net(inputs)  # (B, L, D)
             mask = targets > 0
-            loss = compute_loss(LossInputs(query[mask], self.model.item_table(), targets[mask], self.cfg.loss,
+            loss = compute_loss(LossInputs(query[mask], self.trained.item_table(), targets[mask], self.cfg.loss,
                                            self.sampler, gen))
+        rows, total, factor = self._global_rows(mask, loss)
+        if self.cfg.bucket:
+            factor *= self._rows.weight(int(rows))
         opt.zero_grad(set_to_none=True)
-        (loss * self._rows.weight(int(mask.sum())) if self.cfg.bucket else loss).backward()
+        (loss * factor if factor != 1.0 else loss).backward()
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.cfg.grad_clip)
         opt.step()
-        return float(loss.detach())
+        return total / rows if self.ranks.active else float(loss.detach())
+
+    def _global_rows(self, mask: torch.Tensor, loss: torch.Tensor) -> tuple[float, float, float]:
+        """(targets, summed loss) over every rank's share of the global batch, and the factor that makes
+        this rank's gradient, once DDP or FSDP averages it over the ranks, that of the global batch's
+        mean loss: ``world * rows here / rows in all``. One process: (rows, loss * rows, 1)."""
+        here = int(mask.sum())
+        if not self.ranks.active:
+            return float(here), float(loss.detach()) * here, 1.0
+        sums = torch.stack([mask.sum().double(), loss.detach().double() * here])  # (2,) on the device
+        rows, total = all_sum(sums, self.ranks).tolist()
+        return rows, total, self.ranks.world * here / rows
 
     @staticmethod
     def _cloze_window(batch: SequenceBatch) -> torch.Tensor:
@@ -294,10 +348,11 @@ class Trainer:
         last = torch.where(batch.targets[:, -1] > 0, batch.targets[:, -1], batch.items[:, -1])
         return torch.cat([batch.items, last[:, None]], 1)
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Validation metrics of ``model`` (default: the trainer's), by full ranking."""
         k = int(self.cfg.valid_metric.split("@")[1]) if "@" in self.cfg.valid_metric else 10
         cfg = EvalConfig(ks=(k,), exclude_seen=self.cfg.exclude_seen, batch_size=self.cfg.eval_batch_size)
-        metrics = evaluate(self.model, self.valid, cfg)
+        metrics = evaluate(cast(SequenceModel, model or self.model), self.valid, cfg)
         return {f"valid_{name}": v for name, v in metrics.items() if not name.startswith(("coverage", "Recall"))}
 
 
