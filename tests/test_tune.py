@@ -155,6 +155,29 @@ def test_the_test_split_is_never_evaluated(tiny_log: Path, tmp_path: Path, space
     assert all(e is splits[0].valid for e in evaluated)
 
 
+def test_enqueued_settings_are_tried_first(tiny_log: Path, tmp_path: Path, space: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text("[model]\nname = 'sasrec'\ndropout = 0.25\n[train]\nlr = 0.002\nepochs = 7\n")
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "3", "--enqueue", "train.lr=0.005,model.dropout=0.2",
+                          "--enqueue", str(run_file))) == 0
+    rows = trials(out)
+    assert (rows[0]["train.lr"], rows[0]["model.dropout"]) == (0.005, 0.2)
+    assert (rows[1]["train.lr"], rows[1]["model.dropout"]) == (0.002, 0.25)  # epochs: not searched, not read
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("train.lr=0.5", "train.lr = 0.5 is outside the search space (train.lr in [0.001, 0.01, log])"),
+    ("model.dim=8", "sets none of the searched settings"),
+    ("lr", "give a run .toml file or PATH=VALUE pairs"),
+])
+def test_bad_enqueue_is_one_line(tiny_log: Path, tmp_path: Path, space: Path, capsys: pytest.CaptureFixture[str],
+                                 value: str, expected: str) -> None:
+    assert main(tune_args(tiny_log, tmp_path / "study", space, "--trials", "1", "--enqueue", value)) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_fixed_settings_leave_the_default_space() -> None:
     full = {p.path for p in build_space("sasrec")}
     assert {"train.lr", "model.dim", "model.dropout"} <= full

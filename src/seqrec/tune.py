@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import tomllib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "below the median of earlier trials at the same epoch (default: median)")
     g.add_argument("--prune-after", type=int, default=2, metavar="EPOCHS",
                    help="epochs every trial runs before it may be pruned (default: 2)")
+    g.add_argument("--enqueue", action="append", default=[], metavar="RUN.toml|PATH=VALUE,...",
+                   help="try these settings first (repeatable): a run file (best.toml, an artifact's config.toml) "
+                   "or dotted settings such as model.dim=256,train.lr=0.001; only the searched ones are read")
     g.add_argument("--quiet", action="store_true", help="one line per trial instead of one per epoch")
     tracking.add_track_args(p)
     p.set_defaults(func=cmd_tune)
@@ -279,6 +283,32 @@ def open_study(args: argparse.Namespace, name: str, storage_url: str, fixed: Run
     return study
 
 
+def enqueued(text: str, params: Sequence[Param]) -> dict[str, Any]:
+    """The searched settings of ``--enqueue TEXT`` (a run TOML file, or PATH=VALUE pairs), each checked
+    against its range or choices."""
+    path = Path(text)
+    if path.suffix == ".toml" or path.is_file():
+        given_values = tracking.flatten(load_toml(path))
+    else:
+        given_values = {}
+        for pair in text.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise SeqrecError(f"--enqueue {text}: give a run .toml file or PATH=VALUE pairs such as model.dim=256")
+            try:
+                given_values[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+            except tomllib.TOMLDecodeError:
+                given_values[key.strip()] = value.strip()  # a bare word: a string
+    values = {p.path: given_values[p.path] for p in params if p.path in given_values}
+    if not values:
+        raise SeqrecError(f"--enqueue {text}: sets none of the searched settings ({', '.join(p.path for p in params)})")
+    for p in params:
+        if p.path in values and not p.contains(values[p.path]):
+            raise SeqrecError(f"--enqueue {text}: {p.path} = {values[p.path]!r} is outside the search space "
+                              f"({p.describe()})")
+    return values
+
+
 def make_pruner(pruner: Any) -> Any:
     """The pruner a study uses (a seam: tests swap in one that always prunes)."""
     return pruner
@@ -372,6 +402,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     fixed, paths = fixed_run(args)
     params = build_space(fixed.model, paths, args.space)
     check_space(fixed, params)
+    queued = [enqueued(text, params) for text in args.enqueue]
     name = args.study_name or f"{fixed.data.name}-{fixed.model}"
     out: Path = args.out or Path("tune") / name
     try:
@@ -382,6 +413,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"searching {len(params)} settings of {fixed.model}: " + "; ".join(p.describe() for p in params))
     _import_optuna().logging.set_verbosity(_import_optuna().logging.ERROR)  # each trial prints its own lines
     study = open_study(args, name, storage_url, fixed, params)
+    for values in queued:
+        study.enqueue_trial(values, skip_if_exists=True)
     trial_data = read_data(fixed)
     objective = Objective(fixed, params, trial_data, args, name, out)
     callback: Callable[[Any, Any], None] = lambda s, _t: write_results(s, out, fixed, storage_url)  # noqa: E731

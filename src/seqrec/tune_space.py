@@ -55,6 +55,16 @@ class Param:
         step = f", step {self.step:g}" if self.step is not None else ""
         return f"{self.path} in [{self.low:g}, {self.high:g}{scale}{step}]"
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in this parameter's range or choices."""
+        if self.kind == "choice":
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        return (self.low or 0) <= value <= (self.high or 0)
+
     def to_json(self) -> dict[str, Any]:
         if self.kind == "choice":
             return {"path": self.path, "choices": list(self.choices)}
