@@ -112,6 +112,9 @@ class Service:
         self._loader = loader
         self.artifact = artifact
         self._reload_lock = threading.Lock()
+        # With --workers N: passes a reload on to the other workers (seqrec.serve.workers.SupervisorLink); the
+        # future gets every worker's version. None in a single process.
+        self.peers: Callable[[Path, str], Future[dict[str, str]]] | None = None
         self.store = store
         self.history_cap = history_cap
         self.clock = clock
@@ -350,9 +353,12 @@ def build_service(settings: ServeSettings) -> Service:
 
     index = load(settings.artifact)
     store = open_store(settings.store)
+    from seqrec.serve.new_items import with_added_items  # items added with PUT /v1/items, kept in the store
+
+    index = with_added_items(index, store)
     worker = str(os.getpid()) if settings.workers > 1 else None
-    return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker, loader=load,
-                   artifact=settings.artifact)
+    return Service(index, store, settings.history_cap, settings.max_score_batch, worker=worker,
+                   loader=lambda path: with_added_items(load(path), store), artifact=settings.artifact)
 
 
 def incompatibility(old: ServedModel, new: ServedModel) -> str | None:

@@ -17,7 +17,13 @@ when the worker has loaded the model and asks for it over a pipe (the first work
 socket that claimed the port), so no connection waits on a worker that is restarting, and no
 socket on the port comes from anywhere else. It restarts a
 worker that dies, gives up with one clear line if workers keep dying right after they start, and
-stops every worker on SIGTERM or SIGINT. A worker dies with its supervisor, even one killed with
+stops every worker on SIGTERM or SIGINT.
+
+**Reloads.** A worker that reloads over HTTP (``POST /v1/admin/reload``) first loads the new artifact
+itself, then tells the supervisor over its pipe; the supervisor remembers the artifact (a worker it
+restarts later loads that one), passes the reload to every other worker, collects the version each now
+serves, and hands them back to the worker that asked, which answers the request with them. SIGHUP on
+the supervisor reloads every worker's artifact in place. A worker dies with its supervisor, even one killed with
 ``kill -9``: on Linux the kernel sends it SIGTERM (``PR_SET_PDEATHSIG``), and everywhere the pipe
 to the supervisor reaches end-of-file, which a watchdog thread turns into SIGTERM.
 
@@ -33,6 +39,7 @@ these closes the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import multiprocessing
@@ -42,11 +49,13 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -269,6 +278,7 @@ class _Worker:
     proc: BaseProcess
     conn: Connection  # the worker asks for its socket here; its end-of-file tells the worker we died
     started: float
+    artifact: Path  # the artifact it was started with
     serving: bool = False
 
     def stop(self) -> None:
@@ -283,6 +293,15 @@ class _Worker:
         self.conn.close()
 
 
+@dataclass
+class _Reload:
+    """A reload one worker asked for, passed on to the others: who still has to answer, and the answers."""
+
+    origin: _Worker
+    waiting: set[int]  # pids of the workers that have not answered yet
+    results: dict[str, str] = field(default_factory=dict)  # pid -> the version it serves now, or "error: ..."
+
+
 class _Supervisor:
     def __init__(self, settings: ServeSettings, claim: socket.socket, log_level: str) -> None:
         self.settings = settings
@@ -293,6 +312,7 @@ class _Supervisor:
         self.status = 0
         self.failed = 0
         self.workers: list[_Worker] = []
+        self.reloads: dict[str, _Reload] = {}  # token -> a reload being passed on
 
     def start(self) -> _Worker:
         ours, theirs = self.ctx.Pipe(duplex=True)
@@ -301,13 +321,13 @@ class _Supervisor:
                                 name="seqrec-serve-worker")
         proc.start()
         theirs.close()
-        return _Worker(proc, ours, time.monotonic())
+        return _Worker(proc, ours, time.monotonic(), Path(self.settings.artifact))
 
     def run(self) -> int:
         self.workers = [self.start() for _ in range(self.settings.workers)]
         try:
             while not self.stop.is_set():
-                self.hand_out_sockets()
+                self.poll()
                 self.replace_dead()
         finally:
             if self.claim is not None:
@@ -318,26 +338,69 @@ class _Supervisor:
                 w.reap()
         return self.status
 
-    def hand_out_sockets(self) -> None:
-        """Wait up to half a second for workers that have loaded the model; give each a listening socket."""
-        loading = [w for w in self.workers if not w.serving]
-        if not loading:
-            self.stop.wait(0.5)
-            return
-        ready = wait([w.conn for w in loading], timeout=0.5)
-        for worker in (w for w in loading if w.conn in ready):
+    def poll(self) -> None:
+        """Wait up to half a second for a message from any worker: a loaded worker asks for its listening
+        socket; a serving one reports a reload, or answers one passed on to it."""
+        ready = wait([w.conn for w in self.workers], timeout=0.5)
+        for worker in [w for w in self.workers if w.conn in ready]:
             try:
-                if worker.conn.recv() != _READY:
-                    continue
-                sock = self.claim or listening_socket(self.settings.host, self.settings.port, self.settings.backlog,
-                                                      reuseport=True)
-                self.claim = None
+                message = worker.conn.recv()
             except (EOFError, OSError):
                 continue  # it died; replace_dead starts another
-            except SeqrecError as exc:  # cannot happen while a worker listens; say so if it does
-                self.fail(str(exc))
-                return
-            self.give(worker, sock)
+            if message == _READY and not worker.serving:
+                self.hand_out_socket(worker)
+            elif isinstance(message, tuple) and message and worker.serving:
+                self.on_reload_message(worker, message)
+    def hand_out_socket(self, worker: _Worker) -> None:
+        """Give a worker that has loaded the model a listening socket."""
+        try:
+            sock = self.claim or listening_socket(self.settings.host, self.settings.port, self.settings.backlog,
+                                                  reuseport=True)
+            self.claim = None
+        except SeqrecError as exc:  # cannot happen while a worker listens; say so if it does
+            self.fail(str(exc))
+            return
+        self.give(worker, sock)
+        if worker.serving and worker.artifact != Path(self.settings.artifact):  # started before a reload
+            with contextlib.suppress(OSError):  # it died meanwhile
+                worker.conn.send(("reload", "", str(self.settings.artifact)))
+
+    def on_reload_message(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        """("reload", token, artifact, version): ``worker`` has reloaded; pass it on to the others.
+        ("reloaded", token, version or "error: ..."): a worker's answer to a reload passed on."""
+        pid = str(worker.proc.pid)
+        if message[0] == "reload" and len(message) == 4:
+            _, token, artifact, version = message
+            self.settings = replace(self.settings, artifact=Path(artifact))  # what a restarted worker loads
+            others = [w for w in self.workers if w is not worker and w.serving and w.proc.is_alive()]
+            reload = _Reload(worker, {w.proc.pid or 0 for w in others}, {pid: str(version)})
+            self.reloads[token] = reload
+            for other in others:
+                try:
+                    other.conn.send(("reload", token, artifact))
+                except OSError:
+                    reload.waiting.discard(other.proc.pid or 0)  # it died; its replacement loads the artifact
+            self.finish_reloads()
+        elif message[0] == "reloaded" and len(message) == 3:
+            _, token, result = message
+            asked = self.reloads.get(token)
+            if asked is not None:
+                asked.results[pid] = str(result)
+                asked.waiting.discard(worker.proc.pid or 0)
+                self.finish_reloads()
+
+    def finish_reloads(self) -> None:
+        """Answer the workers whose reloads every other worker has answered (or died meanwhile)."""
+        alive = {w.proc.pid for w in self.workers if w.proc.is_alive()}
+        for token, reload in list(self.reloads.items()):
+            for pid in [p for p in reload.waiting if p not in alive]:
+                reload.waiting.discard(pid)
+                reload.results[str(pid)] = f"restarted: loads {self.settings.artifact}"
+            if reload.waiting:
+                continue
+            del self.reloads[token]
+            with contextlib.suppress(OSError):  # the worker that asked is gone: nobody waits for the answer
+                reload.origin.conn.send(("reload_done", token, reload.results))
 
     @staticmethod
     def give(worker: _Worker, sock: socket.socket) -> None:
@@ -362,6 +425,7 @@ class _Supervisor:
             print(f"seqrec serve: worker {worker.proc.pid} exited with code {worker.proc.exitcode}; starting another",
                   file=sys.stderr, flush=True)
             self.workers[i] = self.start()
+            self.finish_reloads()
 
     def fail(self, message: str) -> None:
         print(f"seqrec: error: {message}", file=sys.stderr, flush=True)
@@ -401,7 +465,9 @@ def _worker_main(settings: ServeSettings, conn: Connection, supervisor: int, log
         sock = socket.socket(fileno=reduction.recv_handle(conn))
     except (EOFError, OSError):
         return  # the supervisor is gone
-    _watch_supervisor(conn)
+    link = SupervisorLink(conn, app.state.service)
+    app.state.service.peers = link.pass_on
+    threading.Thread(target=link.run, name="seqrec-supervisor-link", daemon=True).start()
     serve(app, settings, sock, log_level)
 
 
@@ -415,14 +481,51 @@ def _die_with_supervisor(supervisor: int) -> None:
         sys.exit(0)
 
 
-def _watch_supervisor(conn: Connection) -> None:
-    """Everywhere: a thread that turns end-of-file on the supervisor's pipe (it died) into SIGTERM."""
+class SupervisorLink:
+    """A worker's end of its pipe to the supervisor. Its thread turns end-of-file (the supervisor died, however)
+    into SIGTERM, reloads when the supervisor passes on another worker's reload, and hands the answers of the
+    other workers to a reload this worker passed on."""
 
-    def watch() -> None:
+    def __init__(self, conn: Connection, service: Any) -> None:
+        self.conn = conn
+        self.service = service  # seqrec.serve.service.Service
+        self._send_lock = threading.Lock()
+        self._pending: dict[str, Future[dict[str, str]]] = {}
+
+    def pass_on(self, artifact: Path, version: str) -> Future[dict[str, str]]:
+        """Tell the supervisor this worker now serves ``artifact`` (``version``); the future gets every worker's
+        version (pid -> version, or "error: ...") once the others have reloaded too."""
+        token = os.urandom(8).hex()
+        future: Future[dict[str, str]] = Future()
+        self._pending[token] = future
+        self._send(("reload", token, str(Path(artifact).resolve()), version))
+        return future
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def run(self) -> None:
         try:
             while True:
-                conn.recv()  # the supervisor sends nothing more: this returns only at its end
+                self.handle(self.conn.recv())
         except (EOFError, OSError):
             os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="seqrec-supervisor-watch", daemon=True).start()
+    def handle(self, message: Any) -> None:
+        if not isinstance(message, tuple) or not message:
+            return
+        if message[0] == "reload" and len(message) == 3:
+            _, token, artifact = message
+            try:
+                self.service.reload(Path(artifact))
+                result = str(self.service.version)
+            except SeqrecError as exc:
+                result = f"error: {exc}"
+            print(f"seqrec serve: worker {os.getpid()}: reload of {artifact}: {result}", file=sys.stderr, flush=True)
+            if token:
+                self._send(("reloaded", token, result))
+        elif message[0] == "reload_done" and len(message) == 3:
+            future = self._pending.pop(message[1], None)
+            if future is not None:
+                future.set_result(dict(message[2]))

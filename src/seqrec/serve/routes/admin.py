@@ -11,6 +11,9 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from seqrec.serve.routes.deps import ADMIN_KEY_HEADER, ServiceDep, SettingsDep, check_key, errors
+from seqrec.serve.service import ReloadFailed
+
+PEERS_TIMEOUT_S = 300.0  # for every other worker to load the artifact
 
 _admin_key = APIKeyHeader(name=ADMIN_KEY_HEADER, scheme_name="AdminKeyHeader", auto_error=False,
                           description="The admin key (--admin-key-file or $SEQREC_ADMIN_KEY), separate from the "
@@ -32,6 +35,8 @@ class ReloadOut(BaseModel):
     previous_version: str
     model_version: str
     artifact: str
+    workers: dict[str, str] | None = Field(None, description="with --workers N: each worker's pid and the version "
+                                            "it serves now (every worker has reloaded when this answer is sent)")
 
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
@@ -44,8 +49,20 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 async def reload(service: ServiceDep, body: ReloadIn | None = None) -> ReloadOut:
     """Loads the artifact beside the served one, checks it, and swaps it in atomically: requests being
     scored finish with the old model, later ones use the new; every response names its model in
-    X-Model-Version. With --workers N, only the worker that answers reloads: send SIGHUP to the
-    supervisor to reload them all."""
+    X-Model-Version. With --workers N, the worker that answers reloads first, then every other worker does;
+    the answer comes once all have, with each worker's version."""
     path = Path(body.artifact) if body is not None and body.artifact is not None else None
     old, new = await asyncio.to_thread(service.reload, path)
-    return ReloadOut(previous_version=old, model_version=new, artifact=str(service.artifact))
+    workers = None
+    if service.peers is not None and service.artifact is not None:
+        passed_on = service.peers(service.artifact, new)
+        try:
+            workers = await asyncio.wait_for(asyncio.wrap_future(passed_on), PEERS_TIMEOUT_S)
+        except TimeoutError:
+            raise ReloadFailed(f"this worker serves {new} now, but the other workers did not confirm their reload "
+                               f"within {PEERS_TIMEOUT_S:g} s; see the server's log") from None
+        failed = {pid: v for pid, v in workers.items() if v.startswith("error")}
+        if failed:
+            raise ReloadFailed(f"this worker serves {new} now, but these workers could not reload: "
+                               + "; ".join(f"{pid}: {v}" for pid, v in failed.items()))
+    return ReloadOut(previous_version=old, model_version=new, artifact=str(service.artifact), workers=workers)
