@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,8 +42,12 @@ LIMIT = 240  # seconds a launch may take on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Users of 3 to 24 events: batches (and each rank's share of one) hold different numbers of targets."""
     path = tmp_path_factory.mktemp("dist") / "log.csv"
-    markov_log(n_users=90, n_items=40, length=14, seed=3).to_csv(path, index=False)
+    frame = markov_log(n_users=90, n_items=40, length=24, seed=3)
+    keep = 3 + np.random.default_rng(0).integers(0, 22, size=frame["user"].nunique())
+    frame = frame[frame.groupby("user").cumcount().to_numpy() < keep[frame["user"].factorize()[0]]]
+    frame.to_csv(path, index=False)
     return path
 
 
