@@ -556,8 +556,11 @@ def _read_columns(path: Path, options: ReadOptions, opts: PreprocessOptions, tex
             keep &= ok
         rows += n
         mask = None if keep.all() else pa.array(keep)
-        log.users.add(raw["user"] if mask is None else raw["user"].filter(mask), source)
-        log.items.add(raw["item"] if mask is None else raw["item"].filter(mask), source)
+        try:
+            log.users.add(raw["user"] if mask is None else raw["user"].filter(mask), source)
+            log.items.add(raw["item"] if mask is None else raw["item"].filter(mask), source)
+        except pa.ArrowException as exc:  # e.g. unsigned ids beyond int64
+            raise DataError(f"{source}: cannot read the ids: {_first_line(exc)}") from None
         if "time" in parsed:
             log.times = log.times or Column(np.float64, log.capacity)
             log.times.append(parsed["time"][keep])
