@@ -48,12 +48,13 @@ DAY = 86_400
 
 FIRST_STEP = """
 import json, sys, time
-start, prepared, model = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+start, prepared, model, loss = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 import torch
 torch.set_num_threads(2)
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from seqrec.data.config import DataConfig, load_data, split_data
 from seqrec.recommender import Recommender
+from seqrec.losses import LossConfig
 from seqrec.train.config import TrainConfig
 
 marks = {"imports": time.time() - start}
@@ -71,8 +72,13 @@ data = load_data(config)
 marks["load"] = time.time() - start
 split = split_data(config, data)
 marks["split"] = time.time() - start
+def first_forward(module, inputs):
+    marks.setdefault("first_forward", time.time() - start)  # the batches are built by then
+
+rec = Recommender(model, TrainConfig(epochs=1, loss=LossConfig(loss, n_negatives=1024)))
+rec.prepare_model = lambda m: m.register_forward_pre_hook(first_forward)
 try:
-    Recommender(model, TrainConfig(epochs=1)).fit(data, split, progress=False)
+    rec.fit(data, split, progress=False)
 except FirstStep:
     print("MARKS " + json.dumps(marks), flush=True)
     sys.exit(0)
@@ -125,16 +131,17 @@ def run_prepare(data: Path, out: Path, core: int) -> dict[str, Any]:
             "command": shlex.join(["seqrec", *cmd[3:]])}
 
 
-def run_first_step(prepared: Path, model: str) -> dict[str, Any]:
+def run_first_step(prepared: Path, model: str, loss: str) -> dict[str, Any]:
     """`seqrec train --prepared`'s path (load, split, Recommender.fit) in a child, seconds from its start."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", FIRST_STEP, f"{start:.6f}", str(prepared), model],
+    proc = subprocess.run([sys.executable, "-c", FIRST_STEP, f"{start:.6f}", str(prepared), model, loss],
                           capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("MARKS ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"training did not reach a step ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     marks = json.loads(lines[0][len("MARKS "):])
-    return {"seconds_since_start": marks, "peak_rss_mb_max_child": child_rss_mb(), "model": model}
+    return {"seconds_since_start": marks, "peak_rss_mb_max_child": child_rss_mb(), "model": model,
+            "loss": loss if loss != "sampled" else "sampled softmax, 1024 shared negatives"}
 
 
 def library_stages(prepared: Path, computed_split: bool) -> dict[str, float]:
@@ -211,7 +218,7 @@ def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     out.update(kept=manifest["events"], users=manifest["users"]["count"], items=manifest["items"]["count"],
                prepared_bytes=sum(int(a["bytes"]) for a in manifest["arrays"].values()))
-    out["train_first_step"] = run_first_step(prepared_dir, args.model)
+    out["train_first_step"] = run_first_step(prepared_dir, args.model, args.loss)
     out["library_stages"] = library_stages(prepared_dir, not args.no_computed_split)
     if args.baseline:
         out["in_memory_baseline"] = baseline(folder, prepared_dir, args.core)
@@ -235,6 +242,8 @@ def main() -> int:
     p.add_argument("--baseline", action="store_true", help="with --prepare: also the in-memory path on the same "
                    "files, and an equality check")
     p.add_argument("--model", default="sasrec", help="with --prepare: the model trained to its first step")
+    p.add_argument("--loss", default="sampled", help="with --prepare: its loss (sampled: 1024 negatives; ce: the "
+                   "full softmax, whose first step over a large catalog costs more than the data)")
     p.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp") + "/seqrec-scale",
                    help="with --prepare: where the log and the prepared dataset are written (not the repository)")
     p.add_argument("--no-computed-split", action="store_true", help="with --prepare: do not also time "
