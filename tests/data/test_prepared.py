@@ -153,6 +153,7 @@ def test_prepare_load_and_train_config(tmp_path: Path) -> None:
     loaded = load_data(DataConfig(prepared=str(tmp_path / "prep")))
     assert_same(loaded, written)
     assert_same(loaded, in_memory(frame, opts))
+    assert_same(load_data(DataConfig(data=str(folder), preprocess=opts)), loaded)  # --data DIR, in memory
     assert isinstance(loaded.sequences.items, np.ndarray) and not loaded.sequences.items.flags.writeable
     manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
     assert manifest["seqrec_version"] == __version__ and manifest["format_version"] == prepared.FORMAT_VERSION
