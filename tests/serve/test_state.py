@@ -157,7 +157,7 @@ def test_a_damaged_or_foreign_state_is_never_used(rnn_service: Service) -> None:
                 CachedState("gru4rec-other", len(hist), right, b"\1" * 64)):  # another model's
         # an event on an unknown item leaves the history as it is; the state is replaced by ``bad``
         rnn_service.store.append([Event("d", "999999", 0.0)], rnn_service.history_cap,
-                                 lambda user, state, bad=bad: bad)  # type: ignore[misc]
+                                 lambda user, state, bad=bad: bad)
         assert rnn_service.store.user_state("d", 10, with_cache=True).cached == bad
         assert_offline(rnn_service, "d")
     assert rnn_service.state_hits == 0 and rnn_service.state_misses == 3
@@ -187,3 +187,32 @@ def test_cached_state_bytes_round_trip() -> None:
     assert CachedState.from_bytes(state.to_bytes()) == state
     assert CachedState.from_bytes(b"\0") is None
     assert CachedState.from_bytes(state.to_bytes()[:12]) is None
+
+
+def test_a_user_read_again_before_their_next_event_is_answered_from_the_result_cache(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    encodings = count_encodings(service, monkeypatch)
+    first = service.submit_user("1", K).result(timeout=30)
+    again = service.submit_user("1", K).result(timeout=30)
+    assert again == first and service.cache_hits == 1 and encodings[0] == 1
+    service.submit_user("1", K + 1).result(timeout=30)  # other options: scored
+    assert service.cache_hits == 1
+    post(service, "1", 101)  # another history: scored
+    assert_offline(service, "1")
+    assert service.cache_hits == 1
+
+
+def test_the_result_cache_is_bounded_and_can_be_off(artifact_dir: Path, tmp_path: Path) -> None:
+    svc = build_service(make_settings(artifact_dir, f"sqlite:///{tmp_path / 'e.db'}"))
+    svc.result_cache = 3
+    try:
+        for user in range(1, 8):
+            svc.submit_user(str(user), K).result(timeout=30)
+        assert len(svc._results) == 3
+        svc.submit_user("7", K).result(timeout=30)
+        assert svc.cache_hits == 1
+        svc.result_cache = 0
+        svc.submit_user("7", K).result(timeout=30)
+        assert svc.cache_hits == 1
+    finally:
+        svc.close()

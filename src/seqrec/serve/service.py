@@ -17,9 +17,11 @@ the plain methods wait for the result.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ from seqrec.serve.state import RecurrentStepper, history_digest, is_recurrent
 from seqrec.serve.store import CachedState, Event, EventStore, StoreError, UserState, open_store
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+RESULT_CACHE_ENTRIES = 16_384  # ranked lists kept by (model, history, k, options); see Service._score_batch
+_ResultKey = tuple[str, bytes, int, bool, bytes]
 
 
 class ServeError(SeqrecError):
@@ -106,7 +110,8 @@ class Service:
     def __init__(self, index: ServedModel, store: EventStore, history_cap: int = 200,
                  max_score_batch: int = 64, clock: Callable[[], float] = time.time,
                  worker: str | None = None, loader: Callable[[Path], ServedModel] | None = None,
-                 artifact: Path | None = None, keep_state: bool = True) -> None:
+                 artifact: Path | None = None, keep_state: bool = True,
+                 result_cache: int = RESULT_CACHE_ENTRIES) -> None:
         # Swapped whole by reload(): a reader takes ``self.index`` once and uses that model throughout.
         self.index = index
         self._loader = loader
@@ -123,6 +128,12 @@ class Service:
         self._steppers: weakref.WeakKeyDictionary[ServedModel, RecurrentStepper | None] = weakref.WeakKeyDictionary()
         self.state_hits = 0  # user recommendations scored from a stored state (scorer thread only)
         self.state_misses = 0  # ... re-encoded although the model keeps states (none, stale, or too long)
+        # The answer to a recommendation is a function of the model, the history and the options: the ranked
+        # lists of the last ``result_cache`` distinct ones are kept (in this process's memory; keyed by a digest
+        # of the history, never by a user id), so a user read again before their next event is not scored again.
+        self.result_cache = result_cache
+        self._results: OrderedDict[_ResultKey, list[Scored]] = OrderedDict()
+        self.cache_hits = 0  # recommendations answered from it (scorer thread only)
         self.metrics = Metrics(index.model_name, index.version, store.kind, worker)
         self._scorer = MicroBatcher(self._score_batch, max_score_batch, self.metrics.observe_batch,
                                     name="seqrec-scorer")
@@ -169,6 +180,7 @@ class Service:
                 raise ReloadFailed(f"reload of {path} refused, still serving {old.version}: {problem}")
             self.index = new
             self.artifact = path
+            self._results = OrderedDict()  # the old model's answers: never used again, free them now
             self.metrics.set_model(new.model_name, new.version)
             self.metrics.add("model_reloads")
             return old.version, new.version
@@ -177,6 +189,9 @@ class Service:
         self._scorer.close()
         self._writer.close()
         self.store.close()
+        if self.scored_requests:  # for the operator (and the load benchmark): how often the cache answered
+            print(f"seqrec serve: {self.scored_requests} recommendation requests scored, {self.cache_hits} of them "
+                  "from the result cache", file=sys.stderr, flush=True)
 
     # ---- writes ---------------------------------------------------------------------------
     def submit_events(self, events: Sequence[EventInput]) -> Future[EventsAdded]:
@@ -313,11 +328,27 @@ class Service:
                 prepared.append(self._prepare(q, index))
             except (ServeError, StoreError) as exc:  # fails this request only
                 prepared.append(exc)
-        ready = [p for p in prepared if isinstance(p, _HistoryQuery)]
-        ranked = iter(index.score([p.request for p in ready]) if ready else [])
+        cache = self._results
+        keys = [None if isinstance(p, Exception) else _result_key(index.version, p.request) for p in prepared]
+        found: dict[int, list[Scored]] = {}
+        for n, key in enumerate(keys):
+            if key is not None and self.result_cache and key in cache:
+                cache.move_to_end(key)
+                found[n] = cache[key]
+        todo = [n for n, p in enumerate(prepared) if isinstance(p, _HistoryQuery) and n not in found]
+        self.cache_hits += len(found)
+        if todo:
+            ranked = index.score([p.request for n in todo if isinstance(p := prepared[n], _HistoryQuery)])
+            for n, r in zip(todo, ranked, strict=True):
+                found[n] = self._scored(r, index)
+                key = keys[n]
+                if self.result_cache and key is not None:
+                    cache[key] = found[n]
+            while len(cache) > self.result_cache:
+                cache.popitem(last=False)
         return [p if isinstance(p, Exception) else
-                Recommendations(self._scored(next(ranked), index), len(p.request.history), p.unknown, index.version)
-                for p in prepared]
+                Recommendations(list(found[n]), len(p.request.history), p.unknown, index.version)
+                for n, p in enumerate(prepared)]
 
     def similar(self, item_id: ExternalId, k: int) -> tuple[ExternalId, list[Scored]]:
         """(the item's id as the artifact spells it, its k nearest items)."""
@@ -341,6 +372,12 @@ class Service:
         ix = self.index if index is None else index
         return [Scored(ix.items.external_of(i), float(s), ix.title(i))
                 for i, s in zip(ranked.items.tolist(), ranked.scores.tolist(), strict=True)]
+
+
+def _result_key(version: str, request: ScoreRequest) -> _ResultKey:
+    """What a ranked list depends on: the model, the history (in order), k and the exclusions."""
+    return (version, history_digest(request.history), request.k, request.exclude_seen,
+            history_digest(request.banned) if len(request.banned) else b"")
 
 
 def build_service(settings: ServeSettings) -> Service:
