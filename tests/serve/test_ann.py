@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("faiss")
 
-from seqrec.artifact import load_artifact
-from seqrec.serve.ann import ApproxIndex, build_index, choose_kind
+from seqrec.artifact import Artifact, load_artifact, save_artifact
+from seqrec.data.preprocess import build_dataset
+from seqrec.errors import SeqrecError
+from seqrec.models.registry import create
+from seqrec.serve.ann import HNSW_LARGE, HNSW_SMALL, ApproxIndex, build_index, choose_kind, default_params
 from seqrec.serve.index import ScoreRequest, ServedModel, model_version
 
 N_ITEMS, DIM, N_QUERIES, K = 20_000, 32, 300, 10
@@ -47,8 +52,9 @@ def catalog() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def hnsw(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
+    """The settings --index auto uses for catalogs of 100k items and more, here on a small table."""
     weight, bias, _ = catalog
-    return ApproxIndex(weight, bias, "hnsw")
+    return ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE)
 
 
 def test_hnsw_recall_at_10_vs_exact(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], hnsw: ApproxIndex) -> None:
@@ -68,7 +74,7 @@ def test_bias_is_folded_in(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -
     weight, bias = weight[:5001], bias[:5001].copy()  # a smaller catalog: builds in a second
     boosted = np.array([5, 50, 500])
     bias[boosted] = 200.0  # far above any q.v here (about 30)
-    index = ApproxIndex(weight, bias, "hnsw")
+    index = ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE)
     found = index.search(queries[:20], 3, [np.zeros(0, np.int64)] * 20)
     for items in found.items:
         assert set(items.tolist()) == set(boosted.tolist())
@@ -77,7 +83,7 @@ def test_bias_is_folded_in(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -
 def test_no_bias_table(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     weight, _, queries = catalog
     weight = weight[:5001]
-    index = ApproxIndex(weight, None, "hnsw")
+    index = ApproxIndex(weight, None, "hnsw", **HNSW_LARGE)
     found = index.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
     assert recall(found.items, exact_top(weight, None, queries, K)) >= 0.99
 
@@ -88,11 +94,13 @@ def test_exclusions_never_leave_fewer_than_k(catalog: tuple[np.ndarray, np.ndarr
     q = queries[:50]
     # exclude each row's exact top 300 (and padding): the search must dig past all of them
     excluded = [np.concatenate([[0], top]) for top in exact_top(weight, bias, q, 300)]
+    hnsw.fallbacks = 0
     found = hnsw.search(q, K, excluded)
     for items, ex in zip(found.items, excluded, strict=True):
         assert len(items) == K
         assert not np.isin(items, ex).any()
         assert 0 not in items
+    assert hnsw.fallbacks == 0  # the over-fetch itself found them, not the exact rescoring
     assert recall(found.items, exact_top(weight, bias, q, K, excluded)) >= 0.95
 
 
@@ -106,13 +114,46 @@ def test_everything_but_a_few_excluded_falls_back_to_exact() -> None:
         assert sorted(items.tolist()) == [497, 498, 499, 500]
 
 
-def test_ivfpq_recall(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+@pytest.fixture(scope="module")
+def ivfpq(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
+    weight, bias, _ = catalog
+    return ApproxIndex(weight[:5001], bias[:5001], "ivfpq")
+
+
+def test_ivfpq_recall(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], ivfpq: ApproxIndex) -> None:
     weight, bias, queries = catalog
     weight, bias = weight[:5001], bias[:5001]
-    index = ApproxIndex(weight, bias, "ivfpq")
-    found = index.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    found = ivfpq.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
     assert all(len(items) == K for items in found.items)
     assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.95
+
+
+def test_ivfpq_nprobe_is_a_search_setting(catalog: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                         ivfpq: ApproxIndex, hnsw: ApproxIndex) -> None:
+    weight, bias, queries = catalog
+    weight, bias = weight[:5001], bias[:5001]
+    none = [np.zeros(0, np.int64)] * len(queries)
+    truth = exact_top(weight, bias, queries, K)
+    ivfpq.set_search(nprobe=1)
+    narrow = recall(ivfpq.search(queries, K, none).items, truth)
+    ivfpq.set_search(nprobe=ivfpq.n_list)  # every list: only the PQ ranking before re-ranking is left
+    wide = recall(ivfpq.search(queries, K, none).items, truth)
+    ivfpq.set_search(nprobe=default_params(5000, "ivfpq")["nprobe"])
+    assert wide > narrow
+    with pytest.raises(SeqrecError, match="nprobe"):
+        hnsw.set_search(nprobe=4)
+
+
+def test_defaults_by_catalog_size() -> None:
+    """--index approx|auto builds with default_params: more links and a wider search below 100k items."""
+    assert default_params(20_000, "hnsw") == HNSW_SMALL
+    assert default_params(1_000_000, "hnsw") == HNSW_LARGE
+    assert default_params(10_000_000, "ivfpq")["n_list"] == int(4 * 10_000_000 ** 0.5)
+    rng = np.random.default_rng(0)
+    built = build_index(rng.normal(size=(301, 8)).astype(np.float32), None, "approx")
+    assert built is not None and built.kind == "hnsw"
+    assert built.ef_search == HNSW_SMALL["ef_search"]
+    assert built.faiss_index.hnsw.efConstruction == HNSW_SMALL["ef_construction"]
 
 
 def test_choose_kind_by_catalog_size() -> None:
@@ -141,3 +182,42 @@ def test_served_approx_equals_exact_on_a_small_catalog(tmp_path: Path, build_art
         assert not np.isin(a.items, r.banned).any()
         if r.exclude_seen:
             assert not np.isin(a.items, r.history).any()
+
+
+def catalog_artifact(path: Path, n_items: int = 3000) -> Path:
+    """An untrained SASRec artifact over ``n_items`` items (max_len 20), every item in the log."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 31), 40)
+    items = rng.integers(1, n_items + 1, size=len(users))
+    frame = pd.DataFrame({"user": np.concatenate([users, np.full(n_items, 99)]),
+                          "item": np.concatenate([items, np.arange(1, n_items + 1)]),
+                          "time": np.arange(len(users) + n_items)})
+    data = build_dataset(frame, name="catalog")
+    torch.manual_seed(0)
+    net = create("sasrec", n_items=data.n_items, max_len=20, dim=16, n_heads=2, n_layers=1)
+    return Path(save_artifact(path, Artifact("sasrec", net.eval(), data)))
+
+
+@pytest.mark.parametrize("mode", ["exact", "approx"])
+def test_history_holding_the_top_results_still_gets_k(tmp_path: Path, mode: str) -> None:
+    """A history that contains the model's own top 150 for its query: both modes return k unseen items.
+
+    SASRec reads the last max_len (20) items, so putting the top items in front of the same 20 keeps the
+    query; excluding the history then leaves exactly the exact ranking from place 151 or so on."""
+    art = load_artifact(catalog_artifact(tmp_path / "art"))
+    exact = ServedModel(art, model_version(art))
+    served = ServedModel(art, model_version(art), mode)
+    last = np.random.default_rng(1).choice(np.arange(1, 3001), size=20, replace=False).astype(np.int64)
+    none = np.zeros(0, np.int64)
+    ranking = exact.score([ScoreRequest(last, 400, False, none)])[0].items
+    top = ranking[~np.isin(ranking, last)][:150]
+    history = np.concatenate([top, last])
+    expected = ranking[~np.isin(ranking, history)][:K]
+    got = served.score([ScoreRequest(history, K, True, none)])[0]
+    assert len(got.items) == K
+    assert not np.isin(got.items, history).any()
+    if mode == "exact":
+        np.testing.assert_array_equal(got.items, expected)
+    else:
+        assert served.ann is not None and served.ann.fallbacks == 0  # over-fetched, not rescored exactly
+        assert len(np.intersect1d(got.items, expected)) >= K - 1
