@@ -23,13 +23,14 @@ KEY = "openapi-key-0123456789"  # 16+ characters: `seqrec serve` refuses shorter
 
 READS = {("/v1/users/{user_id}/recommendations", "get"), ("/v1/recommendations", "post"),
          ("/v1/items/{item_id}/similar", "get")}
-WRITES = {("/v1/events", "post"), ("/v1/users/{user_id}", "delete")}
+WRITES = {("/v1/events", "post"), ("/v1/users/{user_id}", "delete"), ("/v1/items/{item_id}", "put")}
 KEYED_READS = {("/v1/users", "get"), ("/v1/users/{user_id}/history", "get")}  # user ids: keyed on every server
 OPEN = {("/healthz", "get"), ("/metrics", "get")}
 # every status each operation can answer, besides 401 on the reads of a server with --read-requires-key
 STATUSES = {
     ("/v1/events", "post"): {"201", "400", "401", "413", "422", "503"},
     ("/v1/users/{user_id}", "delete"): {"200", "401", "413", "422", "503"},
+    ("/v1/items/{item_id}", "put"): {"200", "201", "400", "401", "409", "413", "422", "503"},
     ("/v1/users/{user_id}/recommendations", "get"): {"200", "404", "413", "422", "503"},
     ("/v1/recommendations", "post"): {"200", "400", "413", "422"},
     ("/v1/items/{item_id}/similar", "get"): {"200", "404", "413", "422"},

@@ -30,12 +30,12 @@ from seqrec.serve.store import StoreError
 
 MODEL_VERSION_HEADER = "X-Model-Version"
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 422: "validation_error", 503: "store_unavailable"}
+          409: "conflict", 413: "payload_too_large", 422: "validation_error", 503: "store_unavailable"}
 # nginx's "client closed request": counted in the metrics for a request dropped because its client left;
 # never sent (there is nobody to send it to), so not in the OpenAPI document.
 CLIENT_CLOSED = 499
 
-WRITE_ROUTERS = (events.router, users.writes)
+WRITE_ROUTERS = (events.router, users.writes, items.writes)
 PRIVATE_ROUTERS = (users.private,)  # reads that list user ids or show a history: always keyed
 READ_ROUTERS = (users.reads, recommendations.router, items.router)
 OPEN_ROUTERS = (ops.router,)
@@ -50,8 +50,9 @@ READS_KEYED = (f"this server runs with `--read-requires-key`, so they need the `
 def _description(reads: str) -> str:
     return f"""Next-item recommendations from a trained seqrec artifact.
 
-* **Writes** (`POST /v1/events`, `DELETE /v1/users/{{user_id}}`) need the `{API_KEY_HEADER}` header (the
-  `APIKeyHeader` security scheme); a server started without a key answers every write with `401`.
+* **Writes** (`POST /v1/events`, `DELETE /v1/users/{{user_id}}`, `PUT /v1/items/{{item_id}}`) need the
+  `{API_KEY_HEADER}` header (the `APIKeyHeader` security scheme); a server started without a key answers every
+  write with `401`.
 * **Reads** (`GET /v1/users/{{user_id}}/recommendations`, `POST /v1/recommendations`,
   `GET /v1/items/{{item_id}}/similar`): {reads}
 * **Keyed reads** (`GET /v1/users`, `GET /v1/users/{{user_id}}/history`) list user ids and show what a user
@@ -213,7 +214,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _serve_error(_: Request, exc: Exception) -> JSONResponse:
     status = 404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid | ReloadFailed) else 400
-    return error(status, str(exc))
+    return error(getattr(exc, "status", status), str(exc))  # a ServeError may name its own (409: a conflict)
 
 
 async def _store_error(_: Request, exc: Exception) -> JSONResponse:

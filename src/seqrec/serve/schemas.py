@@ -90,6 +90,21 @@ class HistoryRecommendationIn(_Request):
     exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history")] = True
 
 
+MAX_ITEM_FIELDS = 64  # text fields and feature values of one PUT /v1/items body
+FieldText = Annotated[StrictStr, StringConstraints(max_length=10_000)]
+FieldValue = FieldText | Annotated[StrictFloat, Field(allow_inf_nan=False)] | Annotated[
+    list[Annotated[StrictStr, StringConstraints(max_length=256)]], Field(max_length=1000)]
+
+
+class ItemIn(_Request):
+    fields: Annotated[dict[str, FieldValue],
+                      Field(max_length=MAX_ITEM_FIELDS, description="the item's text fields and feature values, "
+                            "by the column names the model was trained with (a list for a multi-valued "
+                            "attribute); other fields are ignored")]
+    title: Annotated[StrictStr | None, StringConstraints(max_length=1000),
+                     Field(description="shown with recommendations; default: the item id")] = None
+
+
 # ---- responses ------------------------------------------------------------------------------
 class ScoredItemOut(BaseModel):
     item_id: int | str
@@ -118,6 +133,13 @@ class SimilarItemsOut(BaseModel):
     model_version: str
     item_id: int | str
     items: list[ScoredItemOut]
+
+
+class ItemAddedOut(BaseModel):
+    model_version: str
+    item_id: int | str
+    created: bool = Field(description="false: the item had been added before and its fields were replaced")
+    n_items: int = Field(description="items the model can recommend now")
 
 
 class UsersOut(BaseModel):

@@ -130,6 +130,7 @@ CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, id);
 CREATE TABLE IF NOT EXISTS forgotten (user_hash TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS states (user_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS added_items (seq INTEGER PRIMARY KEY, item_id TEXT UNIQUE NOT NULL, body TEXT NOT NULL);
 """
 
 
@@ -248,6 +249,21 @@ class SQLiteStore:
 
     def ping(self) -> None:
         self._reader().execute("SELECT 1").fetchone()
+
+    def put_item(self, item_id: str, body: str) -> None:
+        """Keep an item added to the served catalog (PUT /v1/items; seqrec.serve.new_items), durable on return;
+        the same id again replaces its body and keeps its place."""
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO added_items (item_id, body) VALUES (?, ?) "
+                         "ON CONFLICT(item_id) DO UPDATE SET body = excluded.body", (item_id, body))
+
+    def added_items(self) -> list[tuple[str, str]]:
+        """Every added item as (id, JSON body), in the order first added."""
+        try:
+            rows = self._reader().execute("SELECT item_id, body FROM added_items ORDER BY seq").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -382,6 +398,20 @@ class RedisStore:
             self._client.ping()
         except self._errors as exc:
             raise StoreError(f"Redis at {self.url}: {self._scrub(exc)}") from None
+
+    def put_item(self, item_id: str, body: str) -> None:
+        """As :meth:`SQLiteStore.put_item`: the body in a hash, the first-added order in a sorted set."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zadd(self.prefix + "items:order", {item_id: time.time()}, nx=True)
+        pipe.hset(self.prefix + "items", item_id, body)
+        self._run(pipe)
+
+    def added_items(self) -> list[tuple[str, str]]:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrange(self.prefix + "items:order", 0, -1)
+        pipe.hgetall(self.prefix + "items")
+        order, bodies = self._run(pipe)
+        return [(i.decode(), bodies[i].decode()) for i in order if i in bodies]
 
     def close(self) -> None:
         self._client.close()
