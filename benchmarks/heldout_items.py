@@ -1,0 +1,158 @@
+"""Items never seen in training: Amazon Scientific (UniSRec files, with item text) with 15% of its items held
+out entirely (every event with them removed from the training log), SASRec with item modes id, id+text and
+text, the same settings and seed.
+
+Each model is trained on the reduced log, then moved onto the full catalog with no further training
+(:func:`seqrec.items.zero_shot.move_to_catalog`: a held-out item gets its vector from its text through the
+trained projection; the id model has none, so it never ranks one) and evaluated on the full log's
+leave-one-out test split, full ranking over every item, seen items excluded. Reported: all users, and the
+users whose test target is a held-out item. Reference: popularity among the held-out items only, counted on
+the full log's test inputs (it sees the held-out items' events, which no model did).
+
+    python benchmarks/heldout_items.py --modes id,id+text,text --max-seconds 480 \
+        --out benchmarks/results/heldout-items-scientific.json
+
+One training process at a time; ``--threads`` sets OMP_NUM_THREADS for a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqrec.data.io import ReadOptions, read_log
+from seqrec.data.preprocess import Dataset, build_dataset
+from seqrec.data.split import EvalSet, make_split
+from seqrec.eval.evaluate import EvalConfig, evaluate, mask_seen, ranks_from_scores
+from seqrec.eval.metrics import all_metrics
+from seqrec.items.zero_shot import item_spec, move_to_catalog, other_catalog_inputs
+from seqrec.recommender import Recommender
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from features_scientific import SETTINGS, prepare  # noqa: E402
+
+METRICS = ("NDCG@10", "HR@10", "NDCG@20", "HR@20")
+
+
+def hold_out(log: Path, work: Path, share: float, seed: int) -> tuple[Path, set[str]]:
+    """The training log without the held-out items' events, and the held-out item ids."""
+    rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    items = sorted({i for row in rows for i in row[1:]}, key=int)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(items, size=round(share * len(items)), replace=False).tolist())
+    out = work / "scientific-train.txt"
+    with open(out, "w") as f:
+        for row in rows:
+            kept = [i for i in row[1:] if i not in held]
+            if kept:
+                f.write(f"{row[0]} {' '.join(kept)}\n")
+    return out, held
+
+
+def train(mode: str, log: Path, text: Path, work: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+    out = work / f"run-{mode.replace('+', '-')}"
+    cmd = ["seqrec", "train", "--data", str(log), "--format", "user-per-line", *SETTINGS, "--epochs",
+           str(args.epochs), "--patience", str(args.patience), "--max-seconds", str(args.max_seconds), "--seed",
+           str(args.seed), "--device", "cpu", "--quiet", "--out", str(out), "--force"]
+    if mode != "id":
+        cmd += ["--item-text", str(text), "--text-cols", "text", "--item-mode", mode]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{mode}: exit {proc.returncode}")
+    info = json.loads((out / "info.json").read_text())
+    return out, {"mode": mode, "command": " ".join(cmd), "train_seconds": round(seconds, 1),
+                 "epochs_run": len(info.get("history", [])), "stopped_by_time": "max_seconds" in proc.stderr,
+                 "best_epoch": info.get("best_epoch"),
+                 "test_on_reduced_log": {k: info.get("test_metrics", {}).get(k) for k in METRICS}}
+
+
+def subset(data: EvalSet, mask: np.ndarray) -> EvalSet:
+    rows = np.flatnonzero(mask)
+    return EvalSet(data.users[rows], data.history.subset(rows), data.targets[rows])
+
+
+def evaluate_full(artifact: Path, full: Dataset, text: Path, held_rows: np.ndarray) -> dict:
+    """The artifact moved onto the full catalog: metrics on all users and on the held-out-target users."""
+    rec = Recommender.load(artifact)
+    assert rec.model is not None and rec.dataset is not None
+    inputs = other_catalog_inputs(rec.model, full.items, str(text), text_cols="text") \
+        if item_spec(rec.model) is not None else None
+    moved = move_to_catalog(rec.model, rec.dataset.items, full.items, inputs, unscorable="exclude")
+    test = make_split(full).test
+    is_held = np.isin(test.targets, held_rows)
+    cfg = EvalConfig(ks=(10, 20))
+    every = evaluate(moved, test, cfg)
+    held = evaluate(moved, subset(test, is_held), cfg)
+    seen = evaluate(moved, subset(test, ~is_held), cfg)
+    return {"all_users": {k: every[k] for k in METRICS}, "heldout_target_users": {k: held[k] for k in METRICS},
+            "other_users": {k: seen[k] for k in METRICS}}
+
+
+def popularity_among_heldout(full: Dataset, held_rows: np.ndarray) -> dict:
+    test = make_split(full).test
+    counts = np.bincount(test.history.items, minlength=full.n_items + 1).astype(np.float32)
+    score = np.full(full.n_items + 1, -np.inf, dtype=np.float32)
+    score[held_rows] = counts[held_rows]
+    out = {}
+    for name, mask in (("all_users", np.ones(len(test), dtype=bool)),
+                       ("heldout_target_users", np.isin(test.targets, held_rows))):
+        rows = np.flatnonzero(mask)
+        scores = torch.from_numpy(np.tile(score, (len(rows), 1)))
+        mask_seen(scores, test.history, rows)
+        ranks = ranks_from_scores(scores, torch.from_numpy(test.targets[rows])).numpy()
+        metrics = all_metrics(ranks, (10, 20))
+        out[name] = {k: metrics[k] for k in METRICS}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modes", default="id,id+text,text")
+    p.add_argument("--share", type=float, default=0.15, help="share of the items held out")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=480.0, help="cap of each training run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-heldout-bench"))
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "heldout-items-scientific.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    log, text = prepare(args.work)
+    reduced, held = hold_out(log, args.work, args.share, args.seed)
+    full = build_dataset(read_log(log, ReadOptions(format="user-per-line")), name="scientific")
+    held_rows = full.items.to_internal(sorted(held))
+    test_targets = np.isin(make_split(full).test.targets, held_rows)
+    result = {"benchmark": "heldout-items-scientific", "script": " ".join([sys.executable, *sys.argv]),
+              "machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "max_seconds_per_run": args.max_seconds, "note": args.note,
+              "items": full.n_items, "heldout_items": len(held), "users": len(full.users),
+              "heldout_target_users": int(test_targets.sum()),
+              "popularity_among_heldout_items": popularity_among_heldout(full, held_rows), "results": []}
+    for mode in args.modes.split(","):
+        artifact, row = train(mode, reduced, text, args.work, args)
+        row |= evaluate_full(artifact, full, text, held_rows)
+        result["results"].append(row)
+        print(json.dumps({k: row[k] for k in ("mode", "all_users", "heldout_target_users", "epochs_run")}),
+              flush=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

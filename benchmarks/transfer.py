@@ -1,0 +1,142 @@
+"""Transfer across catalogs: Amazon Scientific (UniSRec files, with item text) split into two domains by the
+category in each item's text (the one after "Industrial & Scientific"): target = lab, test & measurement,
+professional medical/dental and occupational health items; source = every other category. Each user keeps
+their events in each domain (two logs, disjoint catalogs). SASRec in item mode ``text``, the same settings
+and seed everywhere; leave-one-out on the target log, full ranking over the target catalog:
+
+- target alone: trained on the target log only;
+- pretrained on the source log, then fine-tuned on the target (``--init-from``: encoder and text projection
+  copied);
+- zero-shot: the source model evaluated on the target log with no training there
+  (``seqrec evaluate SOURCE --data TARGET --item-text TEXT``).
+
+    python benchmarks/transfer.py --max-seconds 480 --out benchmarks/results/transfer-scientific.json
+
+One training process at a time; ``--threads`` sets OMP_NUM_THREADS for a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from features_scientific import SETTINGS, prepare  # noqa: E402
+
+TARGET = ("Lab", "Test,", "Professional", "Occupational")  # first word of the category after the top level
+TOP = "Industrial & Scientific "
+METRICS = ("NDCG@10", "HR@10", "NDCG@20", "HR@20")
+
+
+def domain_of(text: str) -> str | None:
+    at = text.find(TOP)
+    if at < 0:
+        return None
+    words = text[at + len(TOP):].split()
+    if not words:
+        return None
+    return "target" if words[0] in TARGET else "source"
+
+
+def split_domains(log: Path, text: Path, work: Path) -> dict[str, Path]:
+    """Two user-per-line logs (items of one domain each); items without a category are left out."""
+    import csv
+
+    with open(text, newline="") as f:
+        domain = {row["item_id"]: domain_of(row["text"]) for row in csv.DictReader(f)}
+    out = {name: work / f"scientific-{name}.txt" for name in ("source", "target")}
+    lines: dict[str, list[str]] = {name: [] for name in out}
+    for line in log.read_text().splitlines():
+        user, *items = line.split()
+        for name in out:
+            mine = [i for i in items if domain.get(i) == name]
+            if mine:
+                lines[name].append(f"{user} {' '.join(mine)}\n")
+    for name, path in out.items():
+        path.write_text("".join(lines[name]))
+    return out
+
+
+def train(name: str, log: Path, text: Path, work: Path, args: argparse.Namespace, *extra: str) -> tuple[Path, dict]:
+    out = work / f"run-{name}"
+    cmd = ["seqrec", "train", "--data", str(log), "--format", "user-per-line", *SETTINGS, "--epochs",
+           str(args.epochs), "--patience", str(args.patience), "--max-seconds", str(args.max_seconds), "--seed",
+           str(args.seed), "--device", "cpu", "--quiet", "--k", "10,20", "--out", str(out), "--force",
+           "--item-text", str(text), "--text-cols", "text", "--item-mode", "text", *extra]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{name}: exit {proc.returncode}")
+    info = json.loads((out / "info.json").read_text())
+    return out, {"run": name, "command": " ".join(cmd), "seconds": round(seconds, 1),
+                 "epochs_run": len(info.get("history", [])), "stopped_by_time": "max_seconds" in proc.stderr,
+                 "best_epoch": info.get("best_epoch"),
+                 "test": {k: info.get("test_metrics", {}).get(k) for k in METRICS}}
+
+
+def zero_shot(source: Path, target: Path, text: Path, args: argparse.Namespace) -> dict:
+    cmd = ["seqrec", "evaluate", str(source), "--data", str(target), "--data-format", "user-per-line",
+           "--item-text", str(text), "--text-cols", "text", "--k", "10,20", "--format", "json"]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"zero-shot: exit {proc.returncode}")
+    metrics = json.loads(proc.stdout)
+    return {"run": "zero-shot (source model, no target training)", "command": " ".join(cmd),
+            "seconds": round(time.perf_counter() - t0, 1), "test": {k: metrics.get(k) for k in METRICS}}
+
+
+def stats(log: Path) -> dict:
+    rows = [line.split()[1:] for line in log.read_text().splitlines() if line.strip()]
+    return {"users": len(rows), "items": len({i for r in rows for i in r}), "events": sum(len(r) for r in rows),
+            "users_with_3_or_more": sum(len(r) >= 3 for r in rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=480.0, help="cap of each training run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-transfer-bench"))
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer-scientific.json")
+    args = p.parse_args()
+    log, text = prepare(args.work)
+    logs = split_domains(log, text, args.work)
+    result = {"benchmark": "transfer-scientific", "script": " ".join([sys.executable, *sys.argv]),
+              "machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "max_seconds_per_run": args.max_seconds, "note": args.note, "target_categories": list(TARGET),
+              "domains": {name: stats(path) for name, path in logs.items()}, "results": []}
+
+    def record(row: dict) -> None:
+        result["results"].append(row)
+        print(json.dumps({k: row.get(k) for k in ("run", "test", "epochs_run", "seconds")}), flush=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    _, alone = train("target-alone", logs["target"], text, args.work, args)
+    record(alone)
+    source, pre = train("source-pretrain", logs["source"], text, args.work, args)
+    pre["run"] = "source-pretrain (its own test split, source catalog)"
+    record(pre)
+    record(zero_shot(source, logs["target"], text, args))
+    _, tuned = train("target-finetuned", logs["target"], text, args.work, args, "--init-from", str(source))
+    record(tuned)
+
+
+if __name__ == "__main__":
+    main()
