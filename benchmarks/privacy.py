@@ -1,0 +1,231 @@
+"""Utility and measured privacy of DP-SGD (user-level) on one dataset.
+
+Half of the users (seeded) are members: the model trains on them (leave-one-out: their last event is the
+test target, the one before it the validation target). The other half never reach training; the catalog
+(item ids) stays the whole dataset's. For each setting (the untrained model as a control, no DP, and each
+--epsilons value) this reports the members' test NDCG@10 / HR@10 (full ranking), seconds per epoch, peak
+RSS of the run (each setting runs in its own child process), and membership-inference attacks whose
+score is a user's mean next-item loss over their training events (all but the last two):
+
+* ``loss``: the loss-threshold attack, members against non-members (0.5 is chance);
+* ``lira`` (with ``--lira N``): a LiRA-style likelihood-ratio attack. N shadow models are trained with the
+  same settings on random halves of ALL users (in pairs: a half and its complement, so each user is in
+  exactly N/2 of them); each user's loss under the shadows that trained on them and under those that did
+  not gives two Gaussians (per-user means, variance pooled over users), and the target model's loss for
+  that user is scored by the log likelihood ratio (in / out).
+
+    python benchmarks/privacy.py --dataset movielens-latest-small --lira 4 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqrec.data.batch import SequenceBatch
+from seqrec.data.features import ItemFeaturesConfig
+from seqrec.data.split import leave_one_out
+from seqrec.datasets import load_dataset
+from seqrec.items.features import prepare_tower
+from seqrec.losses import LossConfig
+from seqrec.privacy.dp import UserWindows
+from seqrec.privacy.forget import without_users
+from seqrec.recommender import Recommender
+from seqrec.train.config import PrivacyConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def auc(members: np.ndarray, others: np.ndarray) -> float:
+    """P(score of a member > score of a non-member), ties counting half (Mann-Whitney U)."""
+    scores = np.concatenate([members, others])
+    ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable").astype(np.float64) + 1
+    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, ranks)
+    ranks = (sums / counts)[inv]  # mid-ranks for ties
+    u = ranks[: len(members)].sum() - len(members) * (len(members) + 1) / 2
+    return float(u / (len(members) * len(others)))
+
+
+@torch.no_grad()
+def user_losses(rec: Recommender, data: Any) -> np.ndarray:
+    """Every user's mean next-item cross-entropy over their events but the last two (what members train
+    on); NaN for a user with no such target."""
+    model = rec.model
+    assert model is not None
+    model.eval()
+    seqs = data.sequences.truncate_tail(np.full(data.n_users, 2))
+    windows = UserWindows(seqs, int(model.config.max_len), True)
+    table = model.item_table()
+    out = np.full(data.n_users, np.nan)
+    for u in range(data.n_users):
+        batch = windows.batch(u)
+        if batch is None or batch.targets is None:
+            continue
+        query = model(SequenceBatch(batch.items))
+        mask = batch.targets > 0
+        scores = query[mask] @ table.weight.T + (0 if table.bias is None else table.bias)
+        scores[:, 0] = float("-inf")
+        out[u] = float(torch.nn.functional.cross_entropy(scores, batch.targets[mask]))
+    return out
+
+
+def loss_attack_auc(losses: np.ndarray, members: np.ndarray, others: np.ndarray) -> float:
+    """Lower loss -> "member"."""
+    a, b = losses[members], losses[others]
+    return auc(-a[np.isfinite(a)], -b[np.isfinite(b)])
+
+
+def lira_scores(target: np.ndarray, shadow: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Log likelihood ratio in/out of each user's target loss: per-user means over the shadows that did
+    (``inside``) and did not train on them, one pooled variance each (N is small)."""
+    ok = np.isfinite(shadow)
+    n_in, n_out = (inside & ok).sum(0), (~inside & ok).sum(0)
+    mu_in = np.where(inside & ok, shadow, 0.0).sum(0) / np.maximum(n_in, 1)
+    mu_out = np.where(~inside & ok, shadow, 0.0).sum(0) / np.maximum(n_out, 1)
+    res_in, res_out = (shadow - mu_in)[inside & ok], (shadow - mu_out)[~inside & ok]
+    # the unbiased pooled variance (each user's mean uses up one degree of freedom); a floor for N = 2
+    var_in = max(float((res_in ** 2).sum() / max(1, len(res_in) - int((n_in > 0).sum()))), 1e-6)
+    var_out = max(float((res_out ** 2).sum() / max(1, len(res_out) - int((n_out > 0).sum()))), 1e-6)
+    log_in = -0.5 * (target - mu_in) ** 2 / var_in - 0.5 * np.log(var_in)
+    log_out = -0.5 * (target - mu_out) ** 2 / var_out - 0.5 * np.log(var_out)
+    return np.where((n_in > 0) & (n_out > 0) & np.isfinite(target), log_in - log_out, np.nan)
+
+
+def shadow_halves(n_users: int, n: int, seed: int) -> np.ndarray:
+    """(n, users) membership of the shadows: pairs of a random half and its complement."""
+    rng = np.random.default_rng(seed + 1_000)
+    inside = np.zeros((n, n_users), dtype=bool)
+    for i in range(0, n, 2):
+        half = rng.permutation(n_users) < n_users // 2
+        inside[i] = half
+        if i + 1 < n:
+            inside[i + 1] = ~half
+    return inside
+
+
+def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: float | None, seed: int,
+          epochs: int) -> tuple[Recommender, Any, float]:
+    train_data = without_users(data, np.setdiff1d(np.arange(data.n_users), members))
+    privacy = PrivacyConfig(epsilon=epsilon, clip=args.clip, batch_users=args.batch_users) if epsilon else None
+    loss = LossConfig(name=args.loss, n_negatives=args.negatives)
+    cfg = TrainConfig(epochs=epochs, lr=args.lr if epsilon else args.lr_nodp, seed=seed, patience=max(1, epochs),
+                      device="cpu", loss=loss, privacy=privacy or PrivacyConfig())
+    params: dict[str, Any] = {"dim": args.dim, "n_layers": args.n_layers, "max_len": args.max_len}
+    rec = Recommender(args.model, cfg, **params)
+    if args.item_mode != "id":
+        feats = ItemFeaturesConfig(item_features=str(args.item_features), item_mode=args.item_mode)
+        rec.tower_inputs = prepare_tower(feats, train_data.items)
+    t0 = time.perf_counter()
+    result = rec.fit(train_data, leave_one_out(train_data), progress=False)
+    return rec, result, time.perf_counter() - t0
+
+
+def run_one(args: argparse.Namespace, setting: str) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, args.data_root)
+    rng = np.random.default_rng(args.seed)
+    members = np.sort(rng.choice(data.n_users, data.n_users // 2, replace=False))
+    others = np.setdiff1d(np.arange(data.n_users), members)
+    epsilon = None if setting in ("init", "0") else float(setting)
+    epochs = 0 if setting == "init" else args.epochs if epsilon else args.epochs_nodp
+    rec, result, train_s = train(args, data, members, epsilon, args.seed, epochs)
+    metrics = rec.evaluate(ks=(10,))
+    losses = user_losses(rec, data)
+    row: dict[str, Any] = {
+        "setting": "untrained (control)" if setting == "init" else f"epsilon {epsilon:g}" if epsilon else "no DP",
+        "epsilon_target": epsilon, "NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"],
+        "attack_auc": loss_attack_auc(losses, members, others),
+        "mean_loss_members": float(np.nanmean(losses[members])),
+        "mean_loss_nonmembers": float(np.nanmean(losses[others])),
+        "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])) if epochs else 0.0,
+        "train_seconds": train_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "n_parameters": rec.model.n_parameters() if rec.model is not None else 0,
+    }
+    if result.privacy:
+        row["privacy"] = {k: v for k, v in result.privacy.items() if k != "accountant_history"}
+    if args.lira and setting != "init" and setting in args.lira_settings.split(","):
+        inside = shadow_halves(data.n_users, args.lira, args.seed)
+        shadow = np.stack([user_losses(train(args, data, np.flatnonzero(inside[i]), epsilon,
+                                             args.seed + 1 + i, epochs)[0], data) for i in range(args.lira)])
+        scores = lira_scores(losses, shadow, inside)
+        a, b = scores[members], scores[others]
+        row["lira_auc"] = auc(a[np.isfinite(a)], b[np.isfinite(b)])
+        row["lira_shadows"] = args.lira
+        row["lira_users_scored"] = int(np.isfinite(scores).sum())
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="movielens-latest-small")
+    p.add_argument("--data-root", type=Path, default=ROOT / ".." / "shared" / "data")
+    p.add_argument("--model", default="sasrec")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--loss", default="ce", help="ce (full softmax) or sampled (sampled softmax)")
+    p.add_argument("--negatives", type=int, default=1, help="negatives per target with --loss sampled")
+    p.add_argument("--item-mode", default="id", help="id, or features (item vectors from --item-features only)")
+    p.add_argument("--item-features", type=Path, default=None, help="public item attribute file")
+    p.add_argument("--settings", default="init,0,1,4,8",
+                   help="comma-separated: init (the untrained control), 0 (no DP), epsilons")
+    p.add_argument("--epochs", type=int, default=20, help="epochs with DP")
+    p.add_argument("--epochs-nodp", type=int, default=None, help="epochs without DP (default: --epochs)")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate with DP")
+    p.add_argument("--lr-nodp", type=float, default=1e-3, help="AdamW learning rate without DP")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--batch-users", type=int, default=128, help="expected users per DP step")
+    p.add_argument("--lira", type=int, default=0, help="shadow models for the LiRA-style attack (0: none)")
+    p.add_argument("--lira-settings", default="0,1,4,8", help="the settings the LiRA attack runs for")
+    p.add_argument("--append", action="store_true", help="add the rows to --out's existing results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/privacy-<dataset>.json")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: one setting, JSON to stdout
+    p.add_argument("--note", default="")
+    args = p.parse_args()
+    args.epochs_nodp = args.epochs if args.epochs_nodp is None else args.epochs_nodp
+    if args.one is not None:
+        print(json.dumps(run_one(args, args.one)))
+        return
+    out = args.out or ROOT / "benchmarks" / "results" / f"privacy-{args.dataset}.json"
+    doc: dict[str, Any] = {
+        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "cpu": platform.processor() or platform.machine(), "note": args.note,
+        "protocol": "members = half the users (seeded), trained with leave-one-out; attacks score each user by "
+                    "their mean next-item loss over their events but the last two, members vs non-members: "
+                    "loss threshold (attack_auc), and with --lira N a likelihood ratio against N shadow models "
+                    "trained the same way on random halves of all users (lira_auc)",
+        "results": []}
+    if args.append and out.exists():
+        old = json.loads(out.read_text())
+        doc = old | {"more_commands": [*old.get("more_commands", []), doc["command"]]}
+    for setting in args.settings.split(","):
+        child = [a for a in sys.argv if a != "--one"]
+        proc = subprocess.run([sys.executable, *child, "--one", setting], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-3000:])
+            raise SystemExit(f"setting {setting}: exit status {proc.returncode}")
+        doc["results"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(doc["results"][-1]), flush=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(out)  # complete after every setting, so a long run's finished rows are kept
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
