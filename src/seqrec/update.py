@@ -203,10 +203,14 @@ def start_from_features(model: SequenceModel, art: Artifact, items: IdMap, path:
                 tower.num[idx] = new.features.num[sel].to(tower.num.dtype)
         if new.text is not None:
             tower.text[idx] = new.text[sel].to(tower.text.dtype)
-        if tower.spec.uses_id:
+        if tower.spec.uses_id:  # no trained id vector, own output row or bias: zeros, as for items scored untrained
             tower.id_emb.weight[idx] = 0.0
-            if isinstance(tower.output, torch.nn.Embedding):
+            if tower.output is not None:
                 tower.output.weight[idx] = 0.0
+                if isinstance(tower.output, torch.nn.Linear) and tower.output.bias is not None:
+                    tower.output.bias[idx] = 0.0
+        if tower.bias is not None:
+            tower.bias[idx] = 0.0
     return int(keep.sum())
 
 

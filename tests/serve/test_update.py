@@ -100,3 +100,34 @@ def test_cli(tmp_path: Path, build_artifact: Callable[..., Path], capsys: pytest
     assert main(["update", str(old), "--data", str(data), "--out", str(tmp_path / "new")]) == 2  # exists
     assert "--force" in capsys.readouterr().err
     assert main(["update", str(old), "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_new_items_start_from_their_attributes(tmp_path: Path, build_artifact: Callable[..., Path]) -> None:
+    """An artifact with an attribute tower: with --items, the new item's row comes from its attributes, so
+    before any fine-tuning it scores as `seqrec recommend --new-items` scores an item never trained on."""
+    from seqrec.artifact import Artifact, save_artifact
+    from seqrec.data.features import ItemFeaturesConfig
+    from seqrec.items.features import build_with_tower, prepare_tower
+    from seqrec.items.new_items import read_new_items, scores_with_new_items
+
+    plain = load_artifact(build_artifact(tmp_path / "plain"))
+    data = plain.dataset
+    features = tmp_path / "features.csv"
+    features.write_text("item_id,genre,price\n" + "".join(f"{i},g{i % 3},{i % 7}\n" for i in range(100, 160)))
+    inputs = prepare_tower(ItemFeaturesConfig(item_features=str(features), item_mode="id+features"), data.items)
+    torch.manual_seed(0)
+    model = build_with_tower("gru4rec", plain.model.config, inputs.spec, inputs.features, inputs.text).eval()
+    old = Path(save_artifact(tmp_path / "old", Artifact("gru4rec", model, data)))
+    new_rows = tmp_path / "new-items.csv"
+    new_rows.write_text(f"item_id,genre,price\n{NEW_ITEM},g1,3\n")
+    report = update_artifact(old, new_events(tmp_path / "new.csv"), tmp_path / "new", epochs=0, items_file=new_rows)
+    assert report.items_from_features == 1
+    history = [int(i) for i in data.items.to_internal([101, 105])]
+    untrained = scores_with_new_items(model, history, read_new_items(new_rows, inputs.spec, data.items))[-1]
+    grown = load_artifact(tmp_path / "new").model.eval()
+    with torch.no_grad():
+        scores = grown.predict_next(torch.tensor([history])) @ grown.item_table().weight.T
+        table = grown.item_table()
+        if table.bias is not None:
+            scores = scores + table.bias
+    torch.testing.assert_close(scores[0, -1], untrained, atol=1e-5, rtol=0)
