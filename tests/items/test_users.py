@@ -183,3 +183,17 @@ def test_bad_user_files_are_one_line_and_exit_2(tmp_path: Path, data: Dataset, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru4rec"])
+def test_a_served_recurrent_state_equals_predict_next_for_the_unknown_user(tmp_path: Path, data: Dataset,
+                                                                          name: str) -> None:
+    from seqrec.serve.state import RecurrentStepper
+
+    model = _with_users(name, data, tmp_path)
+    stepper = RecurrentStepper(model)
+    items = [3, 5, 7, 2]
+    state = stepper.advance(stepper.from_history(items[:2]), items[2:])
+    with torch.no_grad():
+        want = model.predict_next(torch.tensor([items]))[0]
+    torch.testing.assert_close(stepper.query(state), want, atol=1e-5, rtol=1e-5)

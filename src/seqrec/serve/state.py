@@ -70,7 +70,11 @@ class RecurrentStepper:
         """The state after ``items`` (internal ids >= 1), one RNN call for all of them."""
         if not len(items):
             return state
-        x = self.model.tower(torch.as_tensor(np.asarray(items, dtype=np.int64), device=state.h.device)[None])
+        ids = torch.as_tensor(np.asarray(items, dtype=np.int64), device=state.h.device)[None]
+        x = self.model.tower(ids)
+        users = self.model._modules.get("user_tower")
+        if users is not None:  # user features: the unknown user, as predict_next without user ids (serving's)
+            x = x + users(None, ids)
         if self.lstm:
             assert state.c is not None
             _, (h, c) = self.rnn(x, (state.h, state.c))
