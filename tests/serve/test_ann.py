@@ -15,7 +15,15 @@ from seqrec.artifact import Artifact, load_artifact, save_artifact
 from seqrec.data.preprocess import build_dataset
 from seqrec.errors import SeqrecError
 from seqrec.models.registry import create
-from seqrec.serve.ann import HNSW_LARGE, HNSW_SMALL, ApproxIndex, build_index, choose_kind, default_params
+from seqrec.serve.ann import (
+    HNSW_LARGE,
+    HNSW_SMALL,
+    ApproxIndex,
+    build_index,
+    cache_dir,
+    choose_kind,
+    default_params,
+)
 from seqrec.serve.index import ScoreRequest, ServedModel, model_version
 
 N_ITEMS, DIM, N_QUERIES, K = 20_000, 32, 300, 10
@@ -221,3 +229,41 @@ def test_history_holding_the_top_results_still_gets_k(tmp_path: Path, mode: str)
     else:
         assert served.ann is not None and served.ann.fallbacks == 0  # over-fetched, not rescored exactly
         assert len(np.intersect1d(got.items, expected)) >= K - 1
+
+
+def test_built_index_is_cached_by_table_and_settings(tmp_path: Path,
+                                                     catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    weight, bias, queries = catalog
+    weight, bias = weight[:2001], bias[:2001]
+    none = [np.zeros(0, np.int64)] * 20
+    first = ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE, cache_dir=tmp_path)
+    assert not first.from_cache and first.cache_path is not None and first.cache_path.is_file()
+    again = ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE, cache_dir=tmp_path)
+    assert again.from_cache
+    for a, b in zip(first.search(queries[:20], K, none).items, again.search(queries[:20], K, none).items, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = ApproxIndex(weight, bias + 1.0, "hnsw", **HNSW_LARGE, cache_dir=tmp_path)  # another table
+    wider = ApproxIndex(weight, bias, "hnsw", hnsw_m=16, cache_dir=tmp_path)  # other build settings
+    assert not other.from_cache and not wider.from_cache
+    assert len({first.cache_path, other.cache_path, wider.cache_path}) == 3
+    first.cache_path.write_bytes(b"not an index")  # damaged: rebuilt and written again
+    rebuilt = ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE, cache_dir=tmp_path)
+    assert not rebuilt.from_cache
+    assert ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE, cache_dir=tmp_path).from_cache
+
+
+def test_cache_dir_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEQREC_ANN_CACHE", "off")
+    assert cache_dir() is None
+    monkeypatch.setenv("SEQREC_ANN_CACHE", str(tmp_path / "ann"))
+    assert cache_dir() == tmp_path / "ann"
+    monkeypatch.delenv("SEQREC_ANN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "seqrec" / "ann"
+
+
+def test_build_index_takes_a_kind_name() -> None:
+    """A model extending a served one is built with the served kind (hnsw), not a --index mode."""
+    table = np.random.default_rng(0).normal(size=(101, 8)).astype(np.float32)
+    built = build_index(table, None, "hnsw")
+    assert built is not None and built.kind == "hnsw"

@@ -13,8 +13,13 @@ than ``k`` a row is rescored exactly, so it never returns fewer than ``k`` items
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,9 @@ IVFPQ_FROM = 5_000_000  # items: from here the HNSW graph (~ N * (4 * 2 * M + 4 
 HNSW_SMALL = {"hnsw_m": 64, "ef_construction": 400, "ef_search": 1024}
 HNSW_LARGE = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128}
 REFINE_FACTOR = 8
+
+
+log = logging.getLogger(__name__)
 
 
 def import_faiss() -> Any:
@@ -65,6 +73,23 @@ def default_params(n_items: int, kind: str) -> dict[str, int]:
     raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
 
 
+def cache_dir() -> Path | None:
+    """Where built indexes are kept: ``$SEQREC_ANN_CACHE`` (``off``: nowhere), else ``$XDG_CACHE_HOME/seqrec/ann``
+    (``~/.cache/seqrec/ann``)."""
+    chosen = os.environ.get("SEQREC_ANN_CACHE")
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "no") else Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seqrec" / "ann"
+
+
+def _digest(points: np.ndarray, build: dict[str, Any]) -> str:
+    """What a cached index was built from: the indexed vectors, the build settings and the FAISS version."""
+    h = hashlib.sha256(json.dumps(build | {"faiss": import_faiss().__version__}, sort_keys=True).encode())
+    h.update(str(points.shape).encode())
+    h.update(points.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class AnnResult:
     items: list[np.ndarray]  # per row: (<= k,) internal ids, best first
@@ -77,43 +102,80 @@ class ApproxIndex:
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, kind: str = "hnsw", *,
                  hnsw_m: int | None = None, ef_construction: int | None = None, ef_search: int | None = None,
                  n_list: int | None = None, nprobe: int | None = None, refine_factor: int = REFINE_FACTOR,
-                 seed: int = 0) -> None:
-        """Settings left out take :func:`default_params` for this catalog size."""
+                 seed: int = 0, cache_dir: Path | None = None) -> None:
+        """Settings left out take :func:`default_params` for this catalog size. With ``cache_dir`` the built
+        index is kept there under a digest of the table and the build settings, and read back next time."""
         faiss = import_faiss()
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.n_items = int(self.weight.shape[0]) - 1
         if self.n_items < 1:
             raise SeqrecError("the item table is empty: nothing to index")
+        if kind not in ("hnsw", "ivfpq"):
+            raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
         self.kind = kind
         hnsw = default_params(self.n_items, "hnsw")
         self.ef_search = ef_search or hnsw["ef_search"]
-        self.n_list = 0  # IVF lists (an IVF-PQ index only)
+        self.n_list = (n_list or default_n_list(self.n_items)) if kind == "ivfpq" else 0  # IVF lists
         self.fallbacks = 0  # rows rescored exactly because the search left fewer than k after exclusions
-        items = self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None)
-        points = np.ascontiguousarray(items)
-        dim = int(points.shape[1])
-        ip = faiss.METRIC_INNER_PRODUCT
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m or hnsw["hnsw_m"], ip)
-            index.hnsw.efConstruction = ef_construction or hnsw["ef_construction"]
-        elif kind == "ivfpq":
-            n_list = self.n_list = n_list or default_n_list(self.n_items)
-            m = max(d for d in range(1, 33) if dim % d == 0)  # PQ sub-quantisers must divide the width
-            quantizer = faiss.IndexFlatIP(dim)
-            ivf = faiss.IndexIVFPQ(quantizer, dim, n_list, m, 8, ip)
-            index = faiss.IndexRefineFlat(ivf)  # PQ proposes, the exact vectors rerank
-            rng = np.random.default_rng(seed)
-            sample = points[rng.choice(len(points), size=min(len(points), 64 * n_list), replace=False)]
-            index.train(sample)
+        points = np.ascontiguousarray(self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None))
+        self.dim = int(points.shape[1])
+        build = {"kind": kind, "hnsw_m": hnsw_m or hnsw["hnsw_m"],
+                 "ef_construction": ef_construction or hnsw["ef_construction"], "n_list": self.n_list, "seed": seed}
+        self.cache_path = None if cache_dir is None else cache_dir / f"{_digest(points, build)}.faiss"
+        self.from_cache = False
+        index = self._read_cached()
+        if index is None:
+            index = self._build(faiss, points, build)
+            self._write_cached(index)
+        self._index = index
+        if kind == "ivfpq":
             index.k_factor = refine_factor
             self._ivf = faiss.extract_index_ivf(index)
-            self._ivf.nprobe = nprobe or max(8, n_list // 32)
+            self._ivf.nprobe = nprobe or max(8, self.n_list // 32)
+
+    def _build(self, faiss: Any, points: np.ndarray, build: dict[str, Any]) -> Any:
+        ip = faiss.METRIC_INNER_PRODUCT
+        if build["kind"] == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, build["hnsw_m"], ip)
+            index.hnsw.efConstruction = build["ef_construction"]
         else:
-            raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
+            m = max(d for d in range(1, 33) if self.dim % d == 0)  # PQ sub-quantisers must divide the width
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, self.n_list, m, 8, ip)
+            index = faiss.IndexRefineFlat(ivf)  # PQ proposes, the exact vectors rerank
+            rng = np.random.default_rng(build["seed"])
+            index.train(points[rng.choice(len(points), size=min(len(points), 64 * self.n_list), replace=False)])
         index.add(points)
-        self._index = index
-        self.dim = dim
+        return index
+
+    def _read_cached(self) -> Any:
+        """The cached index, or None when there is none (or it cannot be read: it is then rebuilt)."""
+        if self.cache_path is None or not self.cache_path.is_file():
+            return None
+        faiss = import_faiss()
+        try:
+            index = faiss.read_index(str(self.cache_path))
+        except RuntimeError as exc:
+            log.warning("ANN cache %s unreadable (%s); building the index again", self.cache_path, exc)
+            return None
+        if index.ntotal != self.n_items or index.d != self.dim:
+            return None
+        self.from_cache = True
+        return index
+
+    def _write_cached(self, index: Any) -> None:
+        if self.cache_path is None:
+            return
+        faiss = import_faiss()
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            faiss.write_index(index, str(tmp))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.cache_path)  # whole or not at all
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("ANN cache %s not written (%s)", self.cache_path, exc)
 
     @property
     def faiss_index(self) -> Any:
@@ -174,7 +236,12 @@ class ApproxIndex:
 
 
 def build_index(weight: np.ndarray, bias: np.ndarray | None, mode: str) -> ApproxIndex | None:
-    """The approximate index ``--index mode`` asks for over this table, or None for exact scoring."""
+    """The approximate index ``--index mode`` asks for over this table, or None for exact scoring. ``mode`` may
+    also name the kind (``hnsw``, ``ivfpq``: a model that extends a served one keeps its kind). Indexes of
+    catalogs from AUTO_EXACT_BELOW items, whose builds take minutes, are cached (see :func:`cache_dir`)."""
     n_items = int(weight.shape[0]) - 1
-    kind = choose_kind(n_items, mode)
-    return None if kind == "exact" else ApproxIndex(weight, bias, kind, **default_params(n_items, kind))
+    kind = mode if mode in ("hnsw", "ivfpq") else choose_kind(n_items, mode)
+    if kind == "exact":
+        return None
+    cache = cache_dir() if n_items >= AUTO_EXACT_BELOW else None
+    return ApproxIndex(weight, bias, kind, **default_params(n_items, kind), cache_dir=cache)
