@@ -51,15 +51,15 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _start(log: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+def _start(log: Path, out: Path, *extra: str, base: list[str] = ARGS) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "seqrec", "train", "--data", str(log), *ARGS, "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "seqrec", "train", "--data", str(log), *base, "--out", str(out),
                              *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def _train(log: Path, out: Path, *extra: str) -> str:
-    proc = _start(log, out, *extra)
+def _train(log: Path, out: Path, *extra: str, base: list[str] = ARGS) -> str:
+    proc = _start(log, out, *extra, base=base)
     _, err = proc.communicate(timeout=LIMIT)
     assert proc.returncode == 0, err
     return err
@@ -190,6 +190,18 @@ def test_two_nodes_on_one_machine(log: Path, two: Path, tmp_path: Path) -> None:
         _, err = node.communicate(timeout=LIMIT)
         assert node.returncode == 0, err
     _close(_history(tmp_path / "run"), _history(two), 1e-6)  # the same global batches as two local processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lstm", "sasrec", "bert4rec", "hstu", "popular"])
+def test_every_model_trains_on_two_processes(log: Path, tmp_path: Path, model: str) -> None:
+    if model == "popular":
+        counted = [a for a in ARGS if a not in ("--dropout", "0")]  # popular has no dropout
+        _train(log, tmp_path / "run", "--model", model, "--nproc", "2", base=counted)
+        return
+    _train(log, tmp_path / "run", "--model", model, "--dim", "16", "--epochs", "2", "--batch-size", "8",
+           "--nproc", "2")
+    assert len(_history(tmp_path / "run")) >= 1
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import logging
 import os
 import socket
@@ -98,6 +99,9 @@ def start(env: Mapping[str, str], device_name: str, timeout_s: float) -> Ranks:
 
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
+        # a DDP wrapper caught in a reference cycle still holds the group: free it first, or its
+        # threads meet the interpreter's exit (an abort, now and then)
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -165,7 +169,9 @@ class Replicas:
 
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids)
+            # static graph: a parameter some model never uses (HSTU's time bias without timestamps) is
+            # found unused in the first step and left out of the reduction from then on
+            self.net = DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
     @property
     def trained(self) -> nn.Module:
