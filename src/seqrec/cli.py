@@ -248,8 +248,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "summary, warnings and test metrics are still printed)")
     privacy_commands.add_train_args(p)
     tracking.add_track_args(p)
-
     distributed.add_launch_args(p)
+
 
 def print_dataset(data: Dataset) -> None:
     s = data.stats()
@@ -297,9 +297,8 @@ def output_dir(args: argparse.Namespace, model: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    run = train_run_config(args)
     """`seqrec train`: in this process; as torchrun's processes (--nproc, --nnodes); or as one of them."""
-    out = output_dir(args, run.model)
+    run = train_run_config(args)
     launch = distributed.launch_from(args)
     if launch.needed and not distributed.launched(os.environ):
         outcome = distributed.launch_train(launch, getattr(args, "argv", None), os.environ, run.train)
@@ -313,6 +312,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -> int:
+    out = output_dir(args, run.model)
     trackers = tracking.train_trackers(args, run_config_dict(run), out)
     ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
     data, dropped = privacy_commands.load_training_data(run.data, ingest)
@@ -337,9 +337,9 @@ def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -
     print(f"training {run.model} ...", flush=True)
     result = rec.fit(data, split, out_dir=out, resume=args.resume, progress=not args.quiet,
                      on_epoch=trackers.hook(_epoch_printer(args.quiet)))
-    print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
     if not ranks.main:
         return 0  # rank 0 evaluates and writes the artifact
+    print(f"{run.model}: {rec.info['n_parameters']:,} parameters, best epoch {rec.info['best_epoch']}")
     if result.stopped_by_time:
         print(f"seqrec: note: training stopped after {len(result.history)} epochs: max_seconds "
               f"({run.train.max_seconds:g} s) was reached", file=sys.stderr)
@@ -675,17 +675,17 @@ def _option_strings(parser: argparse.ArgumentParser, command: str | None) -> lis
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse(build_parser(), argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches it
         return int(args.func(args))
     except SeqrecError as exc:
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches it
         print(f"seqrec: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("seqrec: interrupted", file=sys.stderr)
     except distributed.LostRanks as exc:
         if str(exc):
             print(f"seqrec: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("seqrec: interrupted", file=sys.stderr)
         return 130
 
 
