@@ -205,8 +205,9 @@ def test_every_model_trains_on_two_processes(log: Path, tmp_path: Path, model: s
 
 
 @pytest.mark.slow
-def test_resume_after_every_rank_was_killed(log: Path, tmp_path: Path) -> None:
-    extra = [*GRU, "--epochs", "8", "--batch-size", "8", "--nproc", "2"]
+@pytest.mark.parametrize("model", [GRU, [*SASREC, "--shard", "full"]], ids=["ddp", "fsdp"])
+def test_resume_after_every_rank_was_killed(log: Path, tmp_path: Path, model: list[str]) -> None:
+    extra = [*model, "--epochs", "8", "--batch-size", "8", "--nproc", "2"]
     _train(log, tmp_path / "clean", *extra)
     victim = _start(log, tmp_path / "killed", *extra)
     state = tmp_path / "killed" / "checkpoint" / "state.json"
@@ -214,9 +215,15 @@ def test_resume_after_every_rank_was_killed(log: Path, tmp_path: Path) -> None:
     while not state.exists() and time.time() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert state.exists(), "no checkpoint was written"
-    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks
+    ranks = _children(victim.pid)
+    assert len(ranks) == 2
+    os.killpg(victim.pid, signal.SIGKILL)  # the launcher's group: torchrun put each rank in a session of its own
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in ranks) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in ranks), "a rank outlived its launcher"
     assert not (tmp_path / "killed" / "info.json").exists(), "training finished before it could be killed"
     err = _train(log, tmp_path / "killed", *extra, "--resume")
     assert "Traceback" not in err

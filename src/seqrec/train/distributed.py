@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -76,7 +77,10 @@ def start(env: Mapping[str, str], device_name: str, timeout_s: float) -> Ranks:
 
     The backend follows the device: NCCL on CUDA, each process on the GPU of its local rank; gloo
     on the CPU. A collective that waits longer than ``timeout_s`` fails instead of hanging."""
-    if not launched(env) or int(env["WORLD_SIZE"]) <= 1:
+    if not launched(env):
+        return Ranks()
+    follow_launcher()
+    if int(env["WORLD_SIZE"]) <= 1:
         return Ranks()
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -95,6 +99,20 @@ def start(env: Mapping[str, str], device_name: str, timeout_s: float) -> Ranks:
         raise SeqrecError(f"--device {device_name}: distributed training runs on the CPU (gloo) or CUDA (NCCL)")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return current()
+
+
+def follow_launcher(interval_s: float = 0.5) -> None:
+    """End this process when its launcher is gone. torchrun starts each rank in a session of its own,
+    so a SIGKILL of the launcher (or of its process group: a scheduler's kill, Ctrl-C's SIGKILL) would
+    leave the ranks training on as orphans, writing the checkpoint a --resume is about to read."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)  # no cleanup: the launcher that would report it is gone too
+
+    threading.Thread(target=watch, name="seqrec-launcher-watch", daemon=True).start()
 
 
 def stop() -> None:
