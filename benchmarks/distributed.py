@@ -53,7 +53,9 @@ def estimate_bytes(params: int, shard: str, nproc: int) -> int:
 
 
 def available_bytes() -> int:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    from seqrec.train.distributed import available_memory
+
+    return available_memory()
 
 
 def worker(args: argparse.Namespace) -> int:

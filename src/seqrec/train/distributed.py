@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import torch
@@ -404,11 +405,18 @@ def launch_from(args: argparse.Namespace) -> Launch:
 
 
 def available_memory() -> int:
-    """Bytes of memory not in use (free pages; a lower bound of what a new process can take)."""
+    """Bytes of memory a new process can take: the kernel's MemAvailable (free pages plus the cache it
+    can drop), else the free pages, else unknown (no limit)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        return 2**62  # unknown: do not refuse
+        return 2**62
 
 
 def launch_train(launch: Launch, argv: Sequence[str] | None, env: Mapping[str, str], cfg: TrainConfig) -> Outcome:
