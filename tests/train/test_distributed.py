@@ -266,6 +266,13 @@ def test_launches_this_machine_cannot_make(log: Path, tmp_path: Path, extra: lis
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_input_in_the_ranks_is_one_line(tmp_path: Path) -> None:
+    proc = _start(tmp_path / "missing.csv", tmp_path / "run", *GRU, "--nproc", "2")
+    _, err = proc.communicate(timeout=LIMIT)
+    assert proc.returncode == 2
+    assert err.strip().count("\n") == 0 and "missing.csv" in err, err
+
+
 def test_an_unreachable_endpoint_of_another_machine_fails_within_the_timeout() -> None:
     t0 = time.time()
     with pytest.raises(SeqrecError, match="not reachable within 1 s"):

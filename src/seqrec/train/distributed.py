@@ -375,9 +375,10 @@ def _failed(exc: Any) -> Outcome:
             how = f"was killed by signal {-code}"
     else:
         how = f"exited with status {code}"
-    status = 2 if code == 2 else 1  # 2: its own one-line error (bad input) is printed above
-    return Outcome(status, f"training process rank {rank} (pid {failure.pid}) {how}; the other processes "
-                           "were stopped. Rerun with --resume to continue from the last checkpoint")
+    if code == 2:  # bad input: the ranks' own one-line error is printed already
+        return Outcome(2)
+    return Outcome(1, f"training process rank {rank} (pid {failure.pid}) {how}; the other processes were "
+                      "stopped. Rerun with --resume to continue from the last checkpoint")
 
 
 # ---- `seqrec train`'s side: its launch flags, and each worker's process group ---------------------
@@ -486,6 +487,8 @@ def worker(env: Mapping[str, str], device_name: str, timeout_s: float) -> Iterat
     except SeqrecError as exc:
         if ranks.main:
             raise
+        if env.get(REPORTED_BY_LAUNCHER) and env.get("LOCAL_RANK") != "0":
+            raise SystemExit(2) from None  # the node's first rank says it (the same data, the same error)
         raise SeqrecError(f"rank {ranks.rank}: {exc}") from None
     except RuntimeError as exc:  # DistError included
         if not (ranks.active and _collective_failed(exc)):
