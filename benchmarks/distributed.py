@@ -145,7 +145,7 @@ def main() -> int:
             rows.append(row)
     largest = {shard: max((str(r["size"]) for r in rows if r["shard"] == shard and r["ok"]),
                           key=args.sizes.split(",").index, default=None) for shard in args.shards.split(",")}
-    out = {"rows": rows, "largest_size_with_an_adamw_step": largest,
+    out = {"rows": rows, "sizes_tried": args.sizes.split(","), "largest_tried_size_with_an_adamw_step": largest,
            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "torch": torch.__version__,
            "cpus": os.cpu_count(), "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30,
            "note": args.note, "date": datetime.now(UTC).isoformat(timespec="seconds")}
