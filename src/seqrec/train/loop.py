@@ -136,23 +136,8 @@ class Trainer:
         replicas = Replicas(model, cfg.shard, self.device, self.ranks)
         self.net, self.trained = replicas.net, cast(SequenceModel, replicas.trained)
         opt = make_optimizer(replicas.trained, cfg)  # after sharding: FSDP replaces the parameters
-        result, start_epoch, bad = FitResult(), 0, 0
-        state = replicas.model_state()
-        best = replicas.snapshot(state) if state is not None else {}
-        self._rows = TargetWeighting()
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
-        saved = read_checkpoint(ckpt) if self.ranks.main and resume and ckpt and (ckpt / "state.json").exists() \
-            else None
-        loop = broadcast(saved.loop if saved else None, self.ranks)  # rank 0 decides; the others follow
-        if loop is not None:
-            if (loop.get("shard", "none") == "full") != (replicas.shard == "full"):
-                raise SeqrecError(f"{ckpt}: this checkpoint was written with --shard {loop.get('shard', 'none')}; "
-                                  f"resume with the same --shard (and more than one process for full)")
-            replicas.load(opt, saved.model if saved else None, saved.optimizer if saved else None)
-            best = saved.best if saved else {}
-            start_epoch, bad = loop["epoch"] + 1, loop["bad_epochs"]
-            self._rows = TargetWeighting(*loop.get("row_weights", (0, 0)))
-            result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
+        result, start_epoch, bad, best = self._start(replicas, opt, ckpt if resume else None)
         total_steps = cfg.epochs * len(batches)
         for epoch in range(start_epoch, cfg.epochs):
             if bad >= cfg.patience:
@@ -181,7 +166,7 @@ class Trainer:
             else:
                 bad += 1
             if ckpt:
-                opt_state = replicas.optimizer_state(opt)
+                opt_state = replicas.optimizer_state(opt)  # gathered on rank 0 under FSDP (every rank takes part)
                 if state is not None and opt_state is not None:
                     save_checkpoint(ckpt, state, best, opt_state, {
                         "epoch": epoch, "bad_epochs": bad, "history": result.history,
@@ -196,6 +181,26 @@ class Trainer:
             model.load_state_dict(best)
         model.eval()
         return result
+
+    def _start(self, replicas: Replicas, opt: torch.optim.Optimizer, ckpt: Path | None
+               ) -> tuple[FitResult, int, int, dict[str, torch.Tensor]]:
+        """(result so far, first epoch, epochs without improvement, best weights): fresh, or from the
+        checkpoint in ``ckpt`` when there is one. Rank 0 reads it; every rank gets its weights, optimizer
+        state and loop state (the best weights stay on rank 0, the one that returns them)."""
+        state = replicas.model_state()
+        best = replicas.snapshot(state) if state is not None else {}
+        self._rows = TargetWeighting()
+        saved = read_checkpoint(ckpt) if self.ranks.main and ckpt and (ckpt / "state.json").exists() else None
+        loop = broadcast(saved.loop if saved else None, self.ranks)  # rank 0 decides; the others follow
+        if loop is None:
+            return FitResult(), 0, 0, best
+        if (loop.get("shard", "none") == "full") != (replicas.shard == "full"):
+            raise SeqrecError(f"{ckpt}: this checkpoint was written with --shard {loop.get('shard', 'none')}; "
+                              f"resume with the same --shard (and more than one process for full)")
+        replicas.load(opt, saved.model if saved else None, saved.optimizer if saved else None)
+        self._rows = TargetWeighting(*loop.get("row_weights", (0, 0)))
+        result = FitResult(loop["history"], loop["best_epoch"], loop["best_metric"], loop["seconds"])
+        return result, loop["epoch"] + 1, loop["bad_epochs"], saved.best if saved else {}
 
     def _fit_private(self, resume: bool) -> FitResult:
         """DP-SGD (seqrec.privacy.dp): Poisson-sampled users, one clipped gradient per user, Gaussian noise.
