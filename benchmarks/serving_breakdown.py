@@ -11,7 +11,10 @@ distinct users of the artifact:
   metrics), with the scorer's own work excluded; uvicorn's HTTP parsing and the socket are not in it;
 * the scorer's stages for one request alone and per request in a batch of 8: reading the history from the
   store, the encoder forward pass, the catalog product, masking and top-k, and building the answer;
-* ``post_event``: the event loop's side of ``POST /v1/events`` (the writer's commit and fsync excluded).
+* ``post_event``: the event loop's side of ``POST /v1/events`` (the writer's commit and fsync excluded);
+* ``minimal_asgi_get``: for comparison, the same GET through a bare ASGI handler that only parses the path and
+  ``k``, awaits the scorer and encodes the same answer (no middleware, validation, dependencies or metrics):
+  what FastAPI's layers cost.
 
 It answers "how many requests per second can two cores give at best": the sum of the stages is the CPU a
 request needs, before uvicorn and the load generator take theirs.
@@ -115,15 +118,37 @@ async def asgi_call(app: Any, method: str, path: str, query: bytes = b"", body: 
     return status
 
 
+def minimal_app(svc: Service) -> Any:
+    """GET /v1/users/{id}/recommendations?k= with nothing around it: no middleware, validation or metrics."""
+    from urllib.parse import parse_qs
+
+    from seqrec.serve.routes.recommendations import scored_out
+    from seqrec.serve.schemas import UserRecommendationsOut
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        user = scope["path"].split("/")[3]
+        k = int(parse_qs(scope["query_string"].decode()).get("k", ["10"])[0])
+        recs = await asyncio.wrap_future(svc.submit_user(user, k, True))
+        body = UserRecommendationsOut(user_id=user, model_version=recs.version, items=scored_out(recs.items),
+                                      history_length=recs.history_length,
+                                      unknown_history_items=recs.unknown_items).model_dump_json().encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"x-model-version", recs.version.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def app_side(app: Any, svc: Service, users: list[str], repeat: int) -> dict[str, float]:
     """CPU of the event-loop thread per request, the scorer's and writer's threads excluded."""
     loop = asyncio.new_event_loop()
-    reads, writes = [], []
+    reads, writes, minimal = [], [], []
+    bare = minimal_app(svc)
     headers = [(b"x-api-key", KEY.encode()), (b"content-type", b"application/json")]
     item = svc.index.items.external[0]
-    def timed(method: str, path: str, query: bytes = b"", body: bytes = b"") -> float:
+    def timed(method: str, path: str, query: bytes = b"", body: bytes = b"", target: Any = app) -> float:
         t0 = time.thread_time()
-        loop.run_until_complete(asgi_call(app, method, path, query, body, headers))
+        loop.run_until_complete(asgi_call(target, method, path, query, body, headers))
         return (time.thread_time() - t0) * 1e3
 
     try:
@@ -131,9 +156,11 @@ def app_side(app: Any, svc: Service, users: list[str], repeat: int) -> dict[str,
             user = users[r % len(users)]
             reads.append(timed("GET", f"/v1/users/{user}/recommendations", b"k=10"))
             writes.append(timed("POST", "/v1/events", body=json.dumps({"user_id": user, "item_id": item}).encode()))
+            other = users[(r + repeat) % len(users)]
+            minimal.append(timed("GET", f"/v1/users/{other}/recommendations", b"k=10", target=bare))
     finally:
         loop.close()
-    return {"get_recommendations": med(reads), "post_event": med(writes)}
+    return {"get_recommendations": med(reads), "post_event": med(writes), "minimal_asgi_get": med(minimal)}
 
 
 def main() -> int:
