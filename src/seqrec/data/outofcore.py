@@ -36,8 +36,10 @@ BATCH_ROWS = 1 << 20  # rows per Parquet record batch
 CSV_BLOCK = 32 << 20  # bytes per CSV block
 KEY_CHUNK = 1 << 22  # rows per chunk when the sort key is computed
 UNIFY_EVERY = 1 << 20  # new dictionary entries of text ids gathered before they are merged into one dictionary
-BYTES_PER_ROW_IN_MEMORY = 240  # pandas' peak per row of the in-memory path (benchmarks/scale.py, 10M rows)
-BYTES_PER_ROW_OUT_OF_CORE = 48  # peak per row of :func:`build`: about 40 (benchmarks/scale.py --prepare), and a margin
+# peak bytes per row read: pandas in memory about 243 (benchmarks/results/scale-prepare-10000000.json, baseline),
+# build about 40 (scale-prepare-100000000.json: 4,002 MB at 100M rows); the second with a margin
+BYTES_PER_ROW_IN_MEMORY = 240
+BYTES_PER_ROW_OUT_OF_CORE = 48
 
 
 # ---- the files of a log ---------------------------------------------------------------------------
