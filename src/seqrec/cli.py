@@ -322,12 +322,13 @@ def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -
     print_dataset(data)
     split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}
+    baseline: Recommender | None = None
     if run.model != "popular" and ranks.main:
         # the baseline is a comparison printed here, not part of the artifact: never private
         baseline = Recommender("popular", replace(run.train, privacy=PrivacyConfig()),
                                max_len=run.model_config["max_len"])
         baseline.fit(data, split, progress=False)
-        results["popular"] = baseline.evaluate(ks=args.k)
+        results["popular"] = {}  # ranked after training, so that a large log's training starts without waiting
     rec = Recommender(run.model, run.train, **run.model_config)
     rec.tower_inputs = tower
     rec.user_inputs = users
@@ -343,6 +344,8 @@ def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -
     if result.stopped_by_time:
         print(f"seqrec: note: training stopped after {len(result.history)} epochs: max_seconds "
               f"({run.train.max_seconds:g} s) was reached", file=sys.stderr)
+    if baseline is not None:
+        results["popular"] = baseline.evaluate(ks=args.k)
     results[run.model] = rec.evaluate(ks=args.k)
     rec.info["test_metrics"] = results[run.model]
     rec.info["baseline_test_metrics"] = results.get("popular")
