@@ -131,6 +131,44 @@ def run_prepare(data: Path, out: Path, core: int) -> dict[str, Any]:
             "command": shlex.join(["seqrec", *cmd[3:]])}
 
 
+CLI_FIRST_STEP = """
+import sys, time
+import torch
+torch.set_num_threads(2)
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from seqrec.cli import main
+
+class FirstStep(Exception):
+    pass
+
+def stop(optimizer, args, kwargs):
+    print(f"FIRST_STEP {time.time():.6f}", flush=True)
+    raise FirstStep
+
+register_optimizer_step_post_hook(stop)
+try:
+    main(sys.argv[1:])
+except FirstStep:
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def run_cli_first_step(prepared: Path, run_dir: Path, model: str, loss: str) -> dict[str, Any]:
+    """`seqrec train --prepared` itself in a child, from its start to the first optimizer step."""
+    args = ["train", "--prepared", str(prepared), "--model", model, "--epochs", "1", "--out", str(run_dir),
+            "--force", "--quiet", "--loss", loss, *(["--negatives", "1024"] if loss == "sampled" else [])]
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", CLI_FIRST_STEP, *args], capture_output=True, text=True,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("FIRST_STEP ")]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"seqrec train --prepared did not reach a step ({proc.returncode}): "
+                         f"{proc.stderr.strip()[-2000:]}")
+    return {"seconds_to_first_step": float(lines[0].split()[1]) - start, "command": shlex.join(["seqrec", *args])}
+
+
 def run_first_step(prepared: Path, model: str, loss: str) -> dict[str, Any]:
     """`seqrec train --prepared`'s path (load, split, Recommender.fit) in a child, seconds from its start."""
     start = time.time()
@@ -219,6 +257,8 @@ def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
     out.update(kept=manifest["events"], users=manifest["users"]["count"], items=manifest["items"]["count"],
                prepared_bytes=sum(int(a["bytes"]) for a in manifest["arrays"].values()))
     out["train_first_step"] = run_first_step(prepared_dir, args.model, args.loss)
+    if args.cli:
+        out["cli_first_step"] = run_cli_first_step(prepared_dir, scratch / f"run-{args.rows}", args.model, args.loss)
     out["library_stages"] = library_stages(prepared_dir, not args.no_computed_split)
     if args.baseline:
         out["in_memory_baseline"] = baseline(folder, prepared_dir, args.core)
@@ -246,6 +286,8 @@ def main() -> int:
                    "full softmax, whose first step over a large catalog costs more than the data)")
     p.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp") + "/seqrec-scale",
                    help="with --prepare: where the log and the prepared dataset are written (not the repository)")
+    p.add_argument("--cli", action="store_true", help="with --prepare: also time `seqrec train --prepared` itself "
+                   "from its start to the first optimizer step")
     p.add_argument("--no-computed-split", action="store_true", help="with --prepare: do not also time "
                    "leave_one_out computed from the mapped sequences (memory: several copies of the log)")
     p.add_argument("--keep", action="store_true", help="keep the prepared dataset and run under --scratch")
