@@ -15,7 +15,7 @@ Each variant runs in its own process (its own peak RSS), on the same regenerated
     python benchmarks/catalog.py --items 1000000 --variants dense:200 sparse:epoch
     python benchmarks/catalog.py --items 10000000 --variants sparse:epoch dense:20 sparse-bf16:200
 
-Writes benchmarks/results/catalog-<items>.json with the command inside.
+Writes benchmarks/results/catalog-<items>.json (``--tag T``: catalog-<items>-T.json) with the command inside.
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "prepare_seconds": prepare, "windows_seconds": windows, "steps_per_epoch": len(batches),
         "steps_run": len(step_seconds), "full_epoch": full_epoch, "train_seconds": train_seconds,
         "median_step_seconds": float(np.median(step_seconds[5:] or step_seconds)),
+        "mean_step_seconds": float(np.mean(step_seconds)),
+        "p90_step_seconds": float(np.percentile(step_seconds, 90)),
+        "max_step_seconds": float(np.max(step_seconds)),
         "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
         "peak_rss_mb_before_training": rss_before, "peak_rss_mb_training": peak_rss_mb(),
         "touched_rows": _touched(opt),
@@ -172,6 +175,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-users", type=int, default=2000)
     p.add_argument("--variants", nargs="+", default=["dense:200", "sparse:epoch"])
     p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--tag", default="", help="suffix of the result file name (catalog-<items>-<tag>.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -188,11 +192,11 @@ def main() -> int:
         Path(args.child_out).write_text(json.dumps(run_variant(args, args.child)))
         return 0
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "note", "variants")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "note", "variants", "tag")}
     report: dict[str, Any] = {
         "command": command, "note": args.note, "settings": settings, "model": "sasrec, 2 layers, 1 head",
         "loss": "sampled softmax, uniform shared negatives, logQ", "torch": torch.__version__, "variants": []}
-    path = ROOT / "results" / f"catalog-{args.items}.json"
+    path = ROOT / "results" / f"catalog-{args.items}{'-' + args.tag if args.tag else ''}.json"
     for variant in args.variants:  # the file is rewritten after each variant: a failed one keeps the others
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "variant.json"
