@@ -237,3 +237,22 @@ def test_learning_rate_set_on_the_groups_reaches_both_optimizers() -> None:
         group["lr"] = 0.123
     assert {g["lr"] for g in opt.dense.param_groups} == {g["lr"] for g in opt.rows.param_groups} == {0.123}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_the_optimizer_sets_the_tower_mode_both_ways() -> None:
+    model = _model("sasrec")
+    make_optimizer(model, _cfg("sparse", item_dtype="bfloat16"))
+    assert model.tower.sparse_rows and model.tower.id_emb.weight.dtype == torch.bfloat16
+    opt = make_optimizer(model, _cfg("dense"))  # trained sparse, now dense: dense gradients in float32
+    assert not model.tower.sparse_rows and model.tower.id_emb.weight.dtype == torch.float32
+    _step(model, opt, SAMPLED)
+    assert model.tower.id_emb.weight.grad is not None and not model.tower.id_emb.weight.grad.is_sparse
+
+
+def test_weight_decay_never_reaches_the_item_tables() -> None:
+    model = _model("gru4rec")
+    opt = make_optimizer(model, dataclasses.replace(_cfg("sparse"), weight_decay=0.1))
+    assert isinstance(opt, ItemRowsAdamW) and opt.dense is not None
+    decayed = {id(p) for g in opt.dense.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed and not decayed & {id(t) for t in model.tower.row_tables()}
+    assert "weight_decay" not in opt.rows.param_groups[0]

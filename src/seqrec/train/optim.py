@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from seqrec.errors import SeqrecError
+from seqrec.items.tower import ItemTower
 from seqrec.train.config import TrainConfig
 
 BETAS = (0.9, 0.999)  # AdamW's defaults, shared by the row update
@@ -50,21 +51,25 @@ def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with the parameter groups above; with ``cfg.item_optimizer == "sparse"`` the model's item
-    tables switch to sparse lookups (and ``cfg.item_dtype`` storage) and get :class:`RowAdam`."""
+    tables switch to sparse lookups (and ``cfg.item_dtype`` storage) and get :class:`RowAdam`. The
+    tower is set to the mode ``cfg`` asks for either way (a model trained sparse can train dense again)."""
+    tower = getattr(model, "tower", None)
     if cfg.item_optimizer == "dense":
         if cfg.item_dtype != "float32":
             raise SeqrecError(f"item_dtype {cfg.item_dtype} (--item-dtype) needs the sparse item optimizer "
                               "(--item-optimizer sparse): AdamW's update on bfloat16 rows would round to nothing")
+        if isinstance(tower, ItemTower):
+            tower.use_sparse_rows(False)
+            tower.store_tables(torch.float32)
         return _adamw(param_groups(model, cfg.weight_decay), cfg.lr)
-    tower = getattr(model, "tower", None)
-    if tower is None or not hasattr(tower, "row_tables"):
+    if not isinstance(tower, ItemTower):
         raise SeqrecError(f"{type(model).__name__} has no item tower; use --item-optimizer dense")
     if cfg.privacy.enabled:
         raise SeqrecError("--item-optimizer sparse does not combine with DP-SGD (--dp-epsilon), whose per-user "
                           "clipping needs dense gradients; use --item-optimizer dense")
     if cfg.item_dtype == "bfloat16":
         check_bf16_tables(model, cfg)
-        tower.store_tables(torch.bfloat16)
+    tower.store_tables(torch.bfloat16 if cfg.item_dtype == "bfloat16" else torch.float32)
     tower.use_sparse_rows(True)
     tables = tower.row_tables()
     return ItemRowsAdamW(param_groups(model, cfg.weight_decay, exclude=tables), tables, cfg.lr)
