@@ -60,7 +60,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                               "(--item-optimizer sparse): AdamW's update on bfloat16 rows would round to nothing")
         if isinstance(tower, ItemTower):
             tower.use_sparse_rows(False)
-            tower.store_tables(torch.float32)
+            _store_tables(tower, torch.float32)
         return _adamw(param_groups(model, cfg.weight_decay), cfg.lr)
     if not isinstance(tower, ItemTower):
         raise SeqrecError(f"{type(model).__name__} has no item tower; use --item-optimizer dense")
@@ -69,10 +69,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                           "clipping needs dense gradients; use --item-optimizer dense")
     if cfg.item_dtype == "bfloat16":
         check_bf16_tables(model, cfg)
-    tower.store_tables(torch.bfloat16 if cfg.item_dtype == "bfloat16" else torch.float32)
+    _store_tables(tower, torch.bfloat16 if cfg.item_dtype == "bfloat16" else torch.float32)
     tower.use_sparse_rows(True)
     tables = tower.row_tables()
     return ItemRowsAdamW(param_groups(model, cfg.weight_decay, exclude=tables), tables, cfg.lr)
+
+
+def _store_tables(tower: ItemTower, dtype: torch.dtype) -> None:
+    """bfloat16 tables on request, float32 again after them; other dtypes (a float64 model) stay."""
+    if dtype == torch.bfloat16 or any(t.dtype == torch.bfloat16 for t in tower.row_tables()):
+        tower.store_tables(dtype)
 
 
 def check_bf16_tables(model: torch.nn.Module, cfg: TrainConfig) -> None:
