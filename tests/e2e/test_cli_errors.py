@@ -52,10 +52,12 @@ def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_t
     assert str(missing) in line and "no such file" in line
 
 
-def test_directory_instead_of_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                   tiny_train_args: list[str]) -> None:
+def test_directory_without_parquet_files(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                         tiny_train_args: list[str]) -> None:
+    """A directory reads as one log of Parquet files; one without any is a one-line error."""
+    (tmp_path / "notes.txt").write_text("not a log\n")
     line = user_error(capsys, ["train", "--data", str(tmp_path), *tiny_train_args])
-    assert str(tmp_path) in line and "is a directory" in line
+    assert str(tmp_path) in line and "no Parquet files" in line
 
 
 def test_unknown_dataset_name(capsys: pytest.CaptureFixture[str], tiny_train_args: list[str]) -> None:
