@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -203,7 +204,7 @@ def main() -> None:
         return
     out = args.out or ROOT / "benchmarks" / "results" / f"privacy-{args.dataset}.json"
     doc: dict[str, Any] = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(), "note": args.note,
         "protocol": "members = half the users (seeded), trained with leave-one-out; attacks score each user by "
                     "their mean next-item loss over their events but the last two, members vs non-members: "
