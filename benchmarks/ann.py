@@ -21,7 +21,12 @@ Recall@10 is the fraction of each query's exact top 10 (after exclusions) that t
     python benchmarks/ann.py artifact --artifact runs/beauty-sasrec --name beauty
     python benchmarks/ann.py synthetic --items 1000000 --name synthetic-1m
 
-Writes benchmarks/results/ann-<name>.json with the command inside.
+Writes benchmarks/results/ann-<name>.json with the command inside. ``save-artifact`` instead writes a
+servable artifact over the same synthetic table (a GRU4Rec, dim 64, untrained apart from its output table
+and bias, which are the synthetic table; ``--users`` synthetic users as its log), for the HTTP load test
+of a 1M-item catalog (benchmarks/serving_load.py):
+
+    python benchmarks/ann.py save-artifact --items 1000000 --users 10000 --out runs/synthetic-1m
 """
 
 from __future__ import annotations
@@ -104,6 +109,34 @@ def synthetic_users(meta: dict[str, Any], weight: np.ndarray, n_users: int, seed
         queries[u] = 3.0 * q / np.linalg.norm(q)
         histories.append(np.unique(history))
     return queries, histories
+
+
+def save_synthetic_artifact(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seqrec.artifact import Artifact, save_artifact
+    from seqrec.data.preprocess import build_dataset
+    from seqrec.models.registry import create
+
+    weight, bias, meta = synthetic_table(args.items, args.dim, args.seed)
+    _, histories = synthetic_users(meta, weight, args.users, args.seed)
+    users = np.repeat(np.arange(1, args.users + 1), [len(h) for h in histories])
+    everything = np.arange(1, args.items + 1)  # one user has seen every item, so the catalog is all of them
+    frame = pd.DataFrame({"user": np.concatenate([users, np.full(args.items, args.users + 1)]),
+                          "item": np.concatenate([*histories, everything]),
+                          "time": np.arange(len(users) + args.items)})
+    data = build_dataset(frame, name=f"synthetic-{args.items}")
+    rows = data.items.to_internal(everything)  # internal row of each synthetic item
+    torch.manual_seed(args.seed)
+    net = create("gru4rec", n_items=data.n_items, max_len=50, dim=args.dim, hidden=args.dim, n_layers=1)
+    with torch.no_grad():
+        table = net.item_table()
+        table.weight[torch.from_numpy(rows)] = torch.from_numpy(weight[1:])
+        assert table.bias is not None
+        table.bias[torch.from_numpy(rows)] = torch.from_numpy(bias[1:])
+    info = {"note": "synthetic catalog from benchmarks/ann.py: output table and bias = the synthetic table"}
+    out = save_artifact(args.out, Artifact("gru4rec", net.eval(), data, info=info))
+    print(f"wrote {out}: {data.n_items} items, {args.users + 1} users")
 
 
 def artifact_queries(path: str, n_users: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
@@ -216,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         faiss.omp_set_num_threads(args.build_threads)
         rss0 = peak_rss_mb()
         t = time.perf_counter()
-        index: ApproxIndex | None = ApproxIndex(weight, bias, kind, **params)
+        index: ApproxIndex | None = ApproxIndex(weight, bias, kind, **params, cache_dir=args.cache_dir)
         assert index is not None
         build_s = time.perf_counter() - t
         rss_growth = peak_rss_mb() - rss0
@@ -251,7 +284,7 @@ def parse_params(text: str) -> dict[str, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", choices=("artifact", "synthetic"))
+    p.add_argument("source", choices=("artifact", "synthetic", "save-artifact"))
     p.add_argument("--artifact", help="artifact directory (source artifact)")
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
@@ -265,11 +298,21 @@ def main() -> None:
     p.add_argument("--nprobe", type=int, nargs="*", default=[], help="IVF-PQ nprobe values to measure")
     p.add_argument("--build-threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", required=True)
+    p.add_argument("--cache-dir", type=Path, help="keep the built indexes there (as seqrec serve's ANN cache does)")
+    p.add_argument("--users", type=int, default=10_000, help="save-artifact: synthetic users in the log")
+    p.add_argument("--out", help="save-artifact: artifact directory")
+    p.add_argument("--name")
     p.add_argument("--note", default="")
     args = p.parse_args()
     if args.source == "artifact" and not args.artifact:
         p.error("source artifact needs --artifact")
+    if args.source == "save-artifact":
+        if not args.out:
+            p.error("save-artifact needs --out")
+        save_synthetic_artifact(args)
+        return
+    if not args.name:
+        p.error("--name is required")
     t = time.perf_counter()
     result = {"benchmark": "ann", "name": args.name,
               "command": "python benchmarks/ann.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
