@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -33,8 +33,14 @@ IVFPQ_FROM = 5_000_000  # items: from here the HNSW graph (~ N * (4 * 2 * M + 4 
 # numbers): below AUTO_EXACT_BELOW (reached only with --index approx) the graph is cheap to build, so it gets
 # more links and a wider search, which a trained 256-wide table needs for recall@10 >= 0.99; from there the
 # build time of the graph sets the links.
-HNSW_SMALL = {"hnsw_m": 64, "ef_construction": 400, "ef_search": 1024}
-HNSW_LARGE = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128}
+class HnswParams(TypedDict):
+    hnsw_m: int  # links per node (M)
+    ef_construction: int
+    ef_search: int  # the search's candidate list for k = 10 and nothing excluded
+
+
+HNSW_SMALL = HnswParams(hnsw_m=64, ef_construction=400, ef_search=1024)
+HNSW_LARGE = HnswParams(hnsw_m=32, ef_construction=200, ef_search=128)
 REFINE_FACTOR = 8
 
 
@@ -66,7 +72,9 @@ def default_n_list(n_items: int) -> int:
 def default_params(n_items: int, kind: str) -> dict[str, int]:
     """The build and search settings ``--index approx|auto`` uses for a catalog of ``n_items``."""
     if kind == "hnsw":
-        return dict(HNSW_SMALL if n_items < AUTO_EXACT_BELOW else HNSW_LARGE)
+        chosen = HNSW_SMALL if n_items < AUTO_EXACT_BELOW else HNSW_LARGE
+        return {"hnsw_m": chosen["hnsw_m"], "ef_construction": chosen["ef_construction"],
+                "ef_search": chosen["ef_search"]}
     if kind == "ivfpq":
         n_list = default_n_list(n_items)
         return {"n_list": n_list, "nprobe": max(8, n_list // 32), "refine_factor": REFINE_FACTOR}
