@@ -24,7 +24,7 @@ from seqrec.models.base import SequenceModel
 from seqrec.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from seqrec.train.config import TrainConfig
 from seqrec.train.distributed import RankBatches, Replicas, all_sum, broadcast, current
-from seqrec.train.optim import make_optimizer
+from seqrec.train.optim import clip_grad_norm, make_optimizer
 
 
 @dataclass
@@ -331,7 +331,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         (loss * factor if factor != 1.0 else loss).backward()
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.cfg.grad_clip)
+            clip_grad_norm(self.trained.parameters(), self.cfg.grad_clip)
         opt.step()
         return total / rows if self.ranks.active else float(loss.detach())
 
