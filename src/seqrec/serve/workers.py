@@ -481,6 +481,12 @@ def _die_with_supervisor(supervisor: int) -> None:
         sys.exit(0)
 
 
+def _watch_supervisor(conn: Connection) -> None:
+    """A thread that turns end-of-file on the supervisor's pipe (it died, however) into SIGTERM: the link
+    without a service to reload."""
+    threading.Thread(target=SupervisorLink(conn, None).run, name="seqrec-supervisor-watch", daemon=True).start()
+
+
 class SupervisorLink:
     """A worker's end of its pipe to the supervisor. Its thread turns end-of-file (the supervisor died, however)
     into SIGTERM, reloads when the supervisor passes on another worker's reload, and hands the answers of the
@@ -515,7 +521,7 @@ class SupervisorLink:
     def handle(self, message: Any) -> None:
         if not isinstance(message, tuple) or not message:
             return
-        if message[0] == "reload" and len(message) == 3:
+        if message[0] == "reload" and len(message) == 3 and self.service is not None:
             _, token, artifact = message
             try:
                 self.service.reload(Path(artifact))
