@@ -62,6 +62,7 @@ from seqrec.train import distributed
 from seqrec.train.checkpoint import checkpoint_epoch
 from seqrec.train.config import PrivacyConfig
 from seqrec.tune import add_parser as add_tune_parser
+from seqrec.update import add_parser as add_update_parser
 
 ENV_DATA_ROOT = "SEQREC_DATA_ROOT"
 ENV_PSEUDONYM_KEY = ENV_KEY  # the pseudonymisation key, when no --pseudonymise-users KEYFILE is given
@@ -650,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_tune_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_prepare_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+    add_update_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 
