@@ -23,7 +23,7 @@ LENGTHS = [1, 2, 3, 7, 11, 12, 0, 25]
 
 def epoch(seqs: Sequences, max_len: int, sliding: bool, batch_size: int = 3) -> list[tuple[torch.Tensor, ...]]:
     batches = TrainBatches(seqs, max_len, batch_size=batch_size, sliding=sliding)
-    out = [tuple(b) for b in batches.epoch(torch.Generator().manual_seed(0))]
+    out = [(b.items, b.targets, b.times) for b in batches.epoch(torch.Generator().manual_seed(0))]
     assert len(out) == len(batches)
     return out
 

@@ -68,7 +68,8 @@ def test_openapi_documents_every_route_and_the_key(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/events", "/v1/users/{user_id}/recommendations", "/v1/users/{user_id}",
                                   "/v1/users", "/v1/users/{user_id}/history",
-                                  "/v1/recommendations", "/v1/items/{item_id}/similar", "/healthz", "/metrics"}
+                                  "/v1/recommendations", "/v1/items/{item_id}/similar", "/v1/items/{item_id}",
+                                  "/healthz", "/metrics"}
     scheme = spec["components"]["securitySchemes"]["APIKeyHeader"]
     assert {k: scheme[k] for k in ("type", "in", "name")} == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert "--read-requires-key" in scheme["description"]  # reads are open by design unless the server says so
