@@ -296,7 +296,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        "new items' rows, fine-tune it on the sequences of the users with new events, and write a "
                        "new artifact. Prints a JSON report: events used, rows skipped, new users and items.")
     p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
-    p.add_argument("--data", type=Path, required=True, metavar="NEW_EVENTS", help="the events since training (a log like the training one)")
+    p.add_argument("--data", type=Path, required=True, metavar="NEW_EVENTS",
+                   help="the events since training (a log like the training one)")
     p.add_argument("--out", type=Path, required=True, metavar="NEW", help="directory of the updated artifact")
     p.add_argument("--force", action="store_true", help="replace an artifact already at --out")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default: 1; 0 only adds the ids)")
