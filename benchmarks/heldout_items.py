@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +37,9 @@ from seqrec.recommender import Recommender
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import train_cli  # noqa: E402
 from features_scientific import SETTINGS, prepare  # noqa: E402
-
-METRICS = ("NDCG@10", "HR@10", "NDCG@20", "HR@20")
+from train_cli import METRICS  # noqa: E402
 
 
 def hold_out(log: Path, work: Path, share: float, seed: int) -> tuple[Path, set[str]]:
@@ -67,18 +64,10 @@ def train(mode: str, log: Path, text: Path, work: Path, args: argparse.Namespace
            str(args.seed), "--device", "cpu", "--quiet", "--out", str(out), "--force"]
     if mode != "id":
         cmd += ["--item-text", str(text), "--text-cols", "text", "--item-mode", mode]
-    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"{mode}: exit {proc.returncode}")
-    info = json.loads((out / "info.json").read_text())
-    return out, {"mode": mode, "command": " ".join(cmd), "train_seconds": round(seconds, 1),
-                 "epochs_run": len(info.get("history", [])), "stopped_by_time": "max_seconds" in proc.stderr,
-                 "best_epoch": info.get("best_epoch"),
-                 "test_on_reduced_log": {k: info.get("test_metrics", {}).get(k) for k in METRICS}}
+    row = train_cli.train(cmd, out, args.threads, mode).summary()
+    return out, {"mode": mode, "command": row["command"], "train_seconds": row["seconds"],
+                 "epochs_run": row["epochs_run"], "stopped_by_time": row["stopped_by_time"],
+                 "best_epoch": row["best_epoch"], "test_on_reduced_log": row["test"]}
 
 
 def subset(data: EvalSet, mask: np.ndarray) -> EvalSet:
@@ -124,14 +113,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default="id,id+text,text")
     p.add_argument("--share", type=float, default=0.15, help="share of the items held out")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=480.0, help="cap of each training run")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--note", default="", help="what else ran on the machine")
-    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-heldout-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "heldout-items-scientific.json")
+    train_cli.add_run_args(p, 40, 5, 480.0, "/tmp/seqrec-heldout-bench",
+                           ROOT / "benchmarks" / "results" / "heldout-items-scientific.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     log, text = prepare(args.work)

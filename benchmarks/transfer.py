@@ -29,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import train_cli  # noqa: E402
 from features_scientific import SETTINGS, prepare  # noqa: E402
+from train_cli import METRICS  # noqa: E402
 
 TARGET = ("Lab", "Test,", "Professional", "Occupational")  # first word of the category after the top level
 TOP = "Industrial & Scientific "
-METRICS = ("NDCG@10", "HR@10", "NDCG@20", "HR@20")
 
 
 def domain_of(text: str) -> str | None:
@@ -71,18 +72,7 @@ def train(name: str, log: Path, text: Path, work: Path, args: argparse.Namespace
            str(args.epochs), "--patience", str(args.patience), "--max-seconds", str(args.max_seconds), "--seed",
            str(args.seed), "--device", "cpu", "--quiet", "--k", "10,20", "--out", str(out), "--force",
            "--item-text", str(text), "--text-cols", "text", "--item-mode", "text", *extra]
-    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"{name}: exit {proc.returncode}")
-    info = json.loads((out / "info.json").read_text())
-    return out, {"run": name, "command": " ".join(cmd), "seconds": round(seconds, 1),
-                 "epochs_run": len(info.get("history", [])), "stopped_by_time": "max_seconds" in proc.stderr,
-                 "best_epoch": info.get("best_epoch"),
-                 "test": {k: info.get("test_metrics", {}).get(k) for k in METRICS}}
+    return out, {"run": name, **train_cli.train(cmd, out, args.threads, name).summary()}
 
 
 def zero_shot(source: Path, target: Path, text: Path, args: argparse.Namespace) -> dict:
@@ -107,14 +97,8 @@ def stats(log: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=480.0, help="cap of each training run")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--note", default="", help="what else ran on the machine")
-    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-transfer-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer-scientific.json")
+    train_cli.add_run_args(p, 40, 5, 480.0, "/tmp/seqrec-transfer-bench",
+                           ROOT / "benchmarks" / "results" / "transfer-scientific.json")
     args = p.parse_args()
     log, text = prepare(args.work)
     logs = split_domains(log, text, args.work)

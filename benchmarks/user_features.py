@@ -13,12 +13,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import train_cli  # noqa: E402
+from train_cli import METRICS  # noqa: E402
+
 DATA_ROOT = Path(os.environ.get("SEQREC_DATA_ROOT", ROOT / ".." / "shared" / "data"))
 USERS = DATA_ROOT / "movielens-100k" / "u.user"
 SETTINGS = {
@@ -26,7 +29,6 @@ SETTINGS = {
                "--lr", "1e-3"],
     "gru4rec": ["--dim", "64", "--hidden", "128", "--max-len", "200", "--dropout", "0.2", "--lr", "1e-3"],
 }
-METRICS = ("NDCG@10", "HR@10", "NDCG@20", "HR@20")
 
 
 def run(model: str, users: bool, work: Path, args: argparse.Namespace) -> dict:
@@ -37,34 +39,18 @@ def run(model: str, users: bool, work: Path, args: argparse.Namespace) -> dict:
            "--force"]
     if users:
         cmd += ["--user-features", str(USERS)]
-    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"{model} users={users}: exit {proc.returncode}")
-    info = json.loads((out / "info.json").read_text())
-    history = info.get("history", [])
-    return {"model": model, "user_features": users, "command": " ".join(cmd), "seconds": round(seconds, 1),
-            "epochs_run": len(history), "stopped_by_time": "max_seconds" in proc.stderr,
-            "best_epoch": info.get("best_epoch"), "best_valid": info.get("best_valid"),
+    done = train_cli.train(cmd, out, args.threads, f"{model} users={users}")
+    info = done.info
+    return {"model": model, "user_features": users, **done.summary(), "best_valid": info.get("best_valid"),
             "n_parameters": info.get("n_parameters"),
-            "test": {k: info.get("test_metrics", {}).get(k) for k in METRICS},
-            "notes": [line for line in proc.stderr.splitlines() if line.startswith("seqrec: note")]}
+            "notes": [line for line in done.stderr.splitlines() if line.startswith("seqrec: note")]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sasrec,gru4rec")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=300.0, help="cap of each training run")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--note", default="", help="what else ran on the machine")
-    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-user-features-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "user-features-ml100k.json")
+    train_cli.add_run_args(p, 200, 10, 300.0, "/tmp/seqrec-user-features-bench",
+                           ROOT / "benchmarks" / "results" / "user-features-ml100k.json")
     args = p.parse_args()
     results: list[dict] = []
     changes: dict[str, dict[str, float | None]] = {}
