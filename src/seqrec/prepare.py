@@ -49,11 +49,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     preprocess = from_dict(PreprocessOptions, chosen.get("preprocess", {}), "the command line")
     t0 = time.perf_counter()
     data = prepared.prepare(args.data, args.out, read, preprocess, force=args.force)
-    s = data.stats()
-    print(f"prepared {data.name}: {s['users']:,} users, {s['items']:,} items, {s['events']:,} events "
-          f"in {time.perf_counter() - t0:.1f} s")
-    if data.report:
-        for line in data.report.lines():
-            print(f"  {line}")
-    print(f"written to {args.out}; train with: seqrec train --prepared {args.out}")
+    seconds = time.perf_counter() - t0
+    from seqrec.cli import print_dataset  # the summary and cleaning report `seqrec train` prints
+
+    print_dataset(data)
+    print(f"prepared in {seconds:.1f} s, written to {args.out}; train with: seqrec train --prepared {args.out}")
     return 0
