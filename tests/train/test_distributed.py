@@ -207,19 +207,24 @@ def test_every_model_trains_on_two_processes(log: Path, tmp_path: Path, model: s
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [GRU, [*SASREC, "--shard", "full"]], ids=["ddp", "fsdp"])
 def test_resume_after_every_rank_was_killed(log: Path, tmp_path: Path, model: list[str]) -> None:
-    extra = [*model, "--epochs", "8", "--batch-size", "8", "--nproc", "2"]
+    # enough epochs that a loaded machine cannot finish the run between the first checkpoint and the kill
+    extra = [*model, "--epochs", "20", "--patience", "100", "--batch-size", "8", "--nproc", "2"]
     _train(log, tmp_path / "clean", *extra)
     victim = _start(log, tmp_path / "killed", *extra)
     state = tmp_path / "killed" / "checkpoint" / "state.json"
     deadline = time.time() + LIMIT
     while not state.exists() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert state.exists(), "no checkpoint was written"
     ranks = _children(victim.pid)
+    for pid in ranks:  # freeze the ranks where they are; they run on only after their launcher is gone
+        os.kill(pid, signal.SIGSTOP)
     assert len(ranks) == 2
     os.killpg(victim.pid, signal.SIGKILL)  # the launcher's group: torchrun put each rank in a session of its own
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
+    for pid in ranks:
+        os.kill(pid, signal.SIGCONT)
     deadline = time.time() + 30
     while any(_alive(pid) for pid in ranks) and time.time() < deadline:
         time.sleep(0.1)
