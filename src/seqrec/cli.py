@@ -36,7 +36,7 @@ from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
 from seqrec.prepare import add_parser as add_prepare_parser
 from seqrec.privacy import commands as privacy_commands
-from seqrec.privacy.ids import ENV_KEY, pseudonym
+from seqrec.privacy.ids import ENV_KEY, pseudonym, verify_key
 from seqrec.recommender import Recommender
 from seqrec.report import metrics_table, table
 from seqrec.runconfig import RunConfig, not_applicable, run_config_dict, run_config_from_dict, setting_names, size_keys
@@ -477,11 +477,13 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
     exclude_seen = not args.include_seen
-    if args.users is not None:
-        frame = _recommend_many(rec, args.users, args.k, exclude_seen,
-                                privacy_commands.key_from(args, os.environ.get(ENV_PSEUDONYM_KEY)))
-    elif args.user is not None:
+    key = None
+    if args.users is not None or args.user is not None:  # ids to look up: raw, or through the artifact's key
         key = privacy_commands.key_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
+        verify_key(rec.info, key, str(args.artifact))
+    if args.users is not None:
+        frame = _recommend_many(rec, args.users, args.k, exclude_seen, key)
+    elif args.user is not None:
         frame = rec.recommend([args.user if key is None else pseudonym(key, args.user)], k=args.k,
                               exclude_seen=exclude_seen)
         frame["user_id"] = args.user  # the id asked for, never its pseudonym

@@ -9,12 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from safetensors.numpy import load_file
 
 from seqrec.cli import main
+from seqrec.errors import SeqrecError
 from seqrec.privacy.ids import pseudonym
+from seqrec.serve.api import create_app
+from seqrec.serve.service import build_service
+from seqrec.serve.settings import ServeSettings, settings_from_environment, settings_to_environment
 
 KEY = b"0123456789abcdef0123456789abcdef"
+API_KEY = "test-key-0123456789"
 ARGS = ["--model", "gru4rec", "--epochs", "1", "--dim", "8", "--hidden", "8", "--max-len", "10", "--quiet"]
 
 
@@ -109,3 +115,67 @@ def test_retrain_repeats_the_run_and_excludes_users(tmp_path: Path) -> None:
     assert (without / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
     info = json.loads((without / "info.json").read_text())
     assert info["excluded_users"] == 2 and info["excluded_rows"] == 16
+
+
+def _client(art: Path, store: Path, key: bytes | None) -> TestClient:
+    settings = ServeSettings(artifact=art, store=f"sqlite:///{store}", api_key=API_KEY, pseudonym_key=key)
+    return TestClient(create_app(build_service(settings), settings))
+
+
+def test_the_service_maps_ids_with_the_key_and_stores_pseudonyms_only(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.csv")
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(KEY)
+    art, kept = tmp_path / "art", tmp_path / "kept"
+    for out, extra in ((art, []), (kept, ["--keep-histories"])):
+        assert main(["train", "--data", str(log), *ARGS, "--out", str(out), "--pseudonymise-users", str(keyfile),
+                     *extra]) == 0
+    store = tmp_path / "state" / "store.db"
+    store.parent.mkdir()
+    headers = {"X-API-Key": API_KEY}
+    with _client(kept, store, KEY) as client:
+        # a user of the artifact's histories, found through the key
+        got = client.get("/v1/users/alice003zz/recommendations", params={"k": 5})
+        assert got.status_code == 200 and got.json()["user_id"] == "alice003zz"
+        posted = client.post("/v1/events", headers=headers,
+                             json={"events": [{"user_id": "bob-new-9", "item_id": 101},
+                                              {"user_id": "bob-new-9", "item_id": 102}]})
+        assert posted.status_code in (200, 201), posted.text
+        mine = client.get("/v1/users/bob-new-9/recommendations", params={"k": 5})
+        assert mine.status_code == 200 and mine.json()["user_id"] == "bob-new-9"
+        history = client.get("/v1/users/bob-new-9/history", headers=headers).json()
+        assert [i["item_id"] for i in history["items"]][-2:] == [101, 102]
+        listed = client.get("/v1/users", headers=headers)
+        assert listed.status_code == 409 and "pseudonymised" in listed.json()["message"]
+        assert client.delete("/v1/users/bob-new-9", headers=headers).status_code == 200
+    with _client(art, store, KEY) as client:  # no histories in the artifact: the store alone holds them
+        client.post("/v1/events", headers=headers, json={"user_id": "carol-7", "item_id": 103})
+        assert client.get("/v1/users/carol-7/recommendations").status_code == 200
+        assert client.get("/v1/users/alice003zz/recommendations").status_code == 404
+    written = all_bytes(store.parent)
+    assert b"bob-new" not in written and b"carol-7" not in written and KEY not in written
+    assert pseudonym(KEY, "carol-7").encode() in written
+
+
+def test_the_service_refuses_a_missing_wrong_or_needless_key(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.csv")
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(KEY)
+    art, raw = tmp_path / "art", tmp_path / "raw"
+    assert main(["train", "--data", str(log), *ARGS, "--out", str(art), "--pseudonymise-users", str(keyfile)]) == 0
+    assert main(["train", "--data", str(log), *ARGS, "--out", str(raw)]) == 0
+    store = tmp_path / "store.db"
+    for path, key, words in ((art, None, "give the key"), (art, b"another-key-0123456789", "not the one"),
+                             (raw, KEY, "raw user ids")):
+        with pytest.raises(SeqrecError, match=words):
+            _client(path, store, key)
+    with pytest.raises(SeqrecError, match="access-log"):
+        ServeSettings(artifact=art, pseudonym_key=KEY, access_log=True)
+
+
+def test_the_key_reaches_worker_processes_through_their_environment() -> None:
+    settings = ServeSettings(artifact=Path("art"), api_key=API_KEY, pseudonym_key=KEY)
+    env = settings_to_environment(settings)
+    assert KEY.decode() not in "".join(env.values())  # hex, never the key's own text in a dump of the settings
+    assert settings_from_environment(env).pseudonym_key == KEY
+    assert settings_from_environment(settings_to_environment(ServeSettings(artifact=Path("a")))).pseudonym_key is None

@@ -70,6 +70,8 @@ def no_histories(dataset: Dataset) -> Dataset:
 def record(info: dict[str, Any], ingest: ids.Ingest, dropped: int, histories: bool) -> None:
     """What the artifact's info.json says about ids (never the ids, the key or the excluded list)."""
     info["pseudonymised_users"] = ingest.key is not None
+    if ingest.key is not None:
+        info["pseudonym_key_check"] = ids.key_check(ingest.key)
     info["histories"] = histories
     if ingest.exclude:
         info["excluded_users"] = len(ingest.exclude)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,27 @@ def pseudonym(key: bytes, user: object) -> str:
 
 def pseudonyms(key: bytes, users: Iterable[object]) -> list[str]:
     return [pseudonym(key, u) for u in users]
+
+
+def key_check(key: bytes) -> str:
+    """A short keyed value stored in a pseudonymised artifact, so that whoever uses it later can tell the
+    right key from a wrong one; it names no user and, being an HMAC, does not reveal the key."""
+    return pseudonym(key, "seqrec: pseudonymisation key check")[:16]
+
+
+def verify_key(info: Mapping[str, object], key: bytes | None, where: str) -> None:
+    """One clear line unless ``key`` fits the artifact whose info.json is ``info``: a pseudonymised
+    artifact needs its key, an artifact of raw ids takes none, and a wrong key is refused."""
+    pseudonymised = bool(info.get("pseudonymised_users"))
+    if pseudonymised and key is None:
+        raise SeqrecError(f"{where}: its user ids are pseudonymised; give the key it was trained with "
+                          f"(--pseudonymise-users KEYFILE or ${ENV_KEY})")
+    if not pseudonymised and key is not None:
+        raise SeqrecError(f"{where}: it was trained on raw user ids, so a pseudonymisation key does not apply; "
+                          "drop --pseudonymise-users (and unset $" + ENV_KEY + ")")
+    check = info.get("pseudonym_key_check")
+    if key is not None and check is not None and check != key_check(key):
+        raise SeqrecError(f"{where}: the pseudonymisation key is not the one it was trained with")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--allow-short-key", action="store_true",
                    help=f"accept an API key shorter than {MIN_KEY_LENGTH} characters")
     p.add_argument("--read-requires-key", action="store_true", help="reads need the API key too")
+    p.add_argument("--pseudonymise-users", type=Path, metavar="KEYFILE",
+                   help="the key of an artifact trained with --pseudonymise-users (or set $SEQREC_PSEUDONYM_KEY): "
+                   "user ids in requests are mapped with it on arrival, so the store holds pseudonyms only; "
+                   "required for such an artifact")
     p.add_argument("--history-cap", type=int, default=200,
                    help="posted events kept per user, oldest dropped first (default: 200)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")

@@ -24,6 +24,7 @@ from seqrec.data.sequences import Sequences
 from seqrec.errors import ArtifactError
 from seqrec.eval.evaluate import encode_rows, score_histories
 from seqrec.eval.tiled import tile_top
+from seqrec.privacy.ids import pseudonym
 from seqrec.scoring import catalog_scores
 from seqrec.serve.ann import ApproxIndex, build_index
 
@@ -65,6 +66,20 @@ class RequestIds:
         return self.external[internal - self.offset]
 
 
+class PseudonymousIds(RequestIds):
+    """The users of an artifact trained with pseudonymised ids: a request's raw id becomes its keyed
+    pseudonym (the HMAC applied at ingest to the id's text) before it reaches the store, a cache or the
+    model's id map, so the service keeps no raw user id anywhere."""
+
+    def __init__(self, ids: IdMap, key: bytes) -> None:
+        super().__init__(ids)
+        self.numeric = False
+        self.key = key
+
+    def canonical(self, raw: ExternalId) -> str:
+        return pseudonym(self.key, str(raw).strip())
+
+
 @dataclass(frozen=True)
 class ScoreRequest:
     history: np.ndarray  # (n,) internal item ids, oldest first, n >= 1
@@ -88,13 +103,14 @@ def model_version(artifact: Artifact) -> str:
 
 class ServedModel:
     def __init__(self, artifact: Artifact, version: str, index_mode: str = "exact", backend: str = "torch",
-                 threads: int = 1) -> None:
+                 threads: int = 1, pseudonym_key: bytes | None = None) -> None:
         self.model = artifact.model.eval()
         self.model_name = artifact.model_name
         self.version = version
         data = artifact.dataset
         self.items = RequestIds(data.items)
-        self.users = RequestIds(data.users)
+        self.pseudonym_key = pseudonym_key
+        self.users = RequestIds(data.users) if pseudonym_key is None else PseudonymousIds(data.users, pseudonym_key)
         self.titles = data.item_titles
         self.sequences = data.sequences
         with torch.inference_mode():

@@ -208,6 +208,7 @@ def _extended(base: ServedModel, stored: list[tuple[str, dict[str, Any]]], added
     # a version of its own: answers (and recurrent states) cached for the catalog before are never reused
     digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:12]
     version = f"{base.version}+{len(stored)}items-{digest}"
-    extended = ServedModel(Artifact(base.model_name, moved, dataset), version, index_mode, base.backend)
+    extended = ServedModel(Artifact(base.model_name, moved, dataset), version, index_mode, base.backend,
+                           pseudonym_key=base.pseudonym_key)
     _bases[extended] = base
     return extended

@@ -33,6 +33,7 @@ import torch
 from seqrec.artifact import load_artifact
 from seqrec.devices import resolve_device
 from seqrec.errors import SeqrecError
+from seqrec.privacy.ids import verify_key
 from seqrec.serve.batching import MicroBatcher
 from seqrec.serve.index import ExternalId, Ranked, ScoreRequest, ServedModel, model_version
 from seqrec.serve.metrics import Metrics
@@ -385,8 +386,10 @@ def build_service(settings: ServeSettings) -> Service:
     SeqrecError here, at start-up, rather than on the first request."""
     def load(path: Path) -> ServedModel:
         artifact = load_artifact(path)
+        verify_key(artifact.info, settings.pseudonym_key, str(path))  # on reloads too: never mix raw and keyed ids
         artifact.model.to(resolve_device(settings.device))
-        return ServedModel(artifact, model_version(artifact), settings.index, settings.backend, settings.torch_threads)
+        return ServedModel(artifact, model_version(artifact), settings.index, settings.backend, settings.torch_threads,
+                           settings.pseudonym_key)
 
     index = load(settings.artifact)
     store = open_store(settings.store)

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqrec.errors import SeqrecError
+from seqrec.privacy import ids
 
 API_KEY_ENV = "SEQREC_API_KEY"
 ADMIN_KEY_ENV = "SEQREC_ADMIN_KEY"
 STORE_ENV = "SEQREC_STORE"
+PSEUDONYM_KEY_ENV = "SEQREC_SERVE_PSEUDONYM_KEY"  # hex; how worker processes get the pseudonymisation key
 SETTINGS_ENV = "SEQREC_SERVE_SETTINGS"  # how uvicorn's own workers (no SO_REUSEPORT) get the settings
 DEFAULT_STORE = "sqlite:///seqrec-serve.db"
 MIN_KEY_LENGTH = 16
@@ -42,6 +44,8 @@ class ServeSettings:
     # POST /v1/admin/reload needs it (X-Admin-Key); None: reload over HTTP refused (SIGHUP still works)
     admin_key: str | None = field(default=None, repr=False)
     read_requires_key: bool = False
+    # the key of an artifact trained with --pseudonymise-users: request ids are mapped with it on arrival
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     history_cap: int = 200  # posted events kept per user (the artifact's history is fixed and kept whole)
     max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are parsed
     max_score_batch: int = 64  # requests scored together in one forward pass
@@ -65,6 +69,9 @@ class ServeSettings:
     backlog: int = 2048  # connections the kernel queues before the server accepts them
 
     def __post_init__(self) -> None:
+        if self.pseudonym_key is not None and self.access_log:
+            raise SeqrecError("--access-log writes request paths, which carry raw user ids; it cannot be combined "
+                              "with pseudonymised users")
         if self.history_cap < 1:
             raise SeqrecError(f"--history-cap must be >= 1, got {self.history_cap}")
         if not 0 < self.port < 65536:
@@ -108,9 +115,12 @@ def settings_to_environment(settings: ServeSettings) -> dict[str, str]:
     fields["artifact"] = str(settings.artifact)
     key = fields.pop("api_key")
     admin = fields.pop("admin_key")
+    pseudonym_key = fields.pop("pseudonym_key")
     env = {SETTINGS_ENV: json.dumps(fields), STORE_ENV: fields.pop("store")}
     if key is not None:
         env[API_KEY_ENV] = key
+    if pseudonym_key is not None:
+        env[PSEUDONYM_KEY_ENV] = pseudonym_key.hex()
     if admin is not None:
         env[ADMIN_KEY_ENV] = admin
     return env
@@ -125,7 +135,8 @@ def settings_from_environment(environ: Mapping[str, str] | None = None) -> Serve
     fields = json.loads(env[SETTINGS_ENV])
     return ServeSettings(**{**fields, "artifact": Path(fields["artifact"]), "store": read_store(None, None, env),
                             "api_key": read_api_key(None, env, allow_short=True),
-                            "admin_key": read_admin_key(None, env)})
+                            "admin_key": read_admin_key(None, env),
+                            "pseudonym_key": bytes.fromhex(env.get(PSEUDONYM_KEY_ENV, "")) or None})
 
 
 def _first_line(path: Path, flag: str, what: str) -> str:
@@ -211,6 +222,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def _pseudonym_key(key_file: Path | None, environ: Mapping[str, str] | None) -> bytes | None:
+    """The pseudonymisation key from --pseudonymise-users KEYFILE, else from ``$SEQREC_PSEUDONYM_KEY``."""
+    if key_file is not None:
+        return ids.read_key(key_file)
+    text = (os.environ if environ is None else environ).get(ids.ENV_KEY, "")
+    return ids.check_key(text.encode(), f"${ids.ENV_KEY}") if text else None
+
+
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeSettings:
     """ServeSettings from ``seqrec serve`` options plus the key and the store from a file or the environment."""
     return ServeSettings(
@@ -218,6 +237,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         store=read_store(args.store, args.store_file, environ),
         api_key=read_api_key(args.api_key_file, environ, args.allow_short_key),
         admin_key=read_admin_key(getattr(args, "admin_key_file", None), environ),
+        pseudonym_key=_pseudonym_key(getattr(args, "pseudonymise_users", None), environ),
         read_requires_key=args.read_requires_key, history_cap=args.history_cap, max_body_bytes=args.max_body_bytes,
         max_score_batch=args.max_score_batch, torch_threads=args.torch_threads or default_torch_threads(args.workers),
         access_log=args.access_log, workers=args.workers, gil_switch_ms=args.gil_switch_ms, device=args.device,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from seqrec.serve.index import PseudonymousIds
+from seqrec.serve.new_items import Conflict
 from seqrec.serve.routes.deps import KEY_ERRORS, STORE_DOWN, ServiceDep, WriteKey, errors, json_body, scored
 from seqrec.serve.routes.recommendations import scored_out
 from seqrec.serve.schemas import (
@@ -62,12 +64,15 @@ def forget_user(service: ServiceDep, user_id: UserId) -> ForgetOut:
 
 
 @private.get("", response_model=UsersOut, summary="List users of the training data",
-             responses=errors({422: f"invalid limit (1..{MAX_USERS}) or offset (0 or more)", 503: STORE_DOWN}))
+             responses=errors({409: "user ids are pseudonymised on this server, which holds no raw id to list",
+                               422: f"invalid limit (1..{MAX_USERS}) or offset (0 or more)", 503: STORE_DOWN}))
 def list_users(service: ServiceDep, limit: Annotated[int, Query(ge=1, le=MAX_USERS)] = 20,
                offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0) -> UsersOut:
     """The training data's users ``offset`` to ``offset + limit``, less those forgotten since (a page may be
     shorter than ``limit``; ``next_offset`` goes on). Users known only from posted events are not listed."""
     ids = service.index.users
+    if isinstance(ids, PseudonymousIds):
+        raise Conflict("user ids are pseudonymised on this server: it holds no raw id to list")
     page = ids.external[offset:offset + limit]
     kept = [user for user in page if not service.store.user_state(ids.canonical(user), 1).forgotten]
     end = offset + len(page)
