@@ -132,9 +132,12 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
             scores = score_histories(model, data.history, rows, cfg.exclude_seen, table, data.users[rows]).cpu()
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
     else:
+        # fp32 once per evaluation (a bf16 table is copied here, not once per batch)
+        fp32 = ItemTable(table.weight.detach().float(), None if table.bias is None else table.bias.detach().float())
+
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             targets = torch.from_numpy(data.targets[rows])
-            return _tiled_ranks(model, table, data, rows, targets, cfg.exclude_seen, kmax)
+            return _tiled_ranks(model, table, fp32, data, rows, targets, cfg.exclude_seen, kmax)
 
         workers = (cfg.workers or torch.get_num_threads()) if device.type == "cpu" else 1
         with single_threaded_ops() if workers > 1 and len(batches) > 1 else nullcontext():
@@ -150,11 +153,11 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
     return all_metrics(ranks, cfg.ks, top_items, n_items)
 
 
-def _tiled_ranks(model: SequenceModel, table: ItemTable, data: EvalSet, rows: np.ndarray, targets: torch.Tensor,
-                 exclude_seen: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py)."""
+def _tiled_ranks(model: SequenceModel, table: ItemTable, fp32: ItemTable, data: EvalSet, rows: np.ndarray,
+                 targets: torch.Tensor, exclude_seen: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k ids and ranks (exact up to k) of a batch, scored tile by tile (see eval/tiled.py) against
+    ``fp32``, the detached fp32 copy of the model's ``table``."""
     query = encode_rows(model, data.history, rows, data.users[rows]).float()
-    weight, bias = table
     device = query.device
     none = torch.zeros(0, dtype=torch.long)
     seen_rows, seen_items = seen_pairs(data.history, rows) if exclude_seen else (none, none)
@@ -164,8 +167,7 @@ def _tiled_ranks(model: SequenceModel, table: ItemTable, data: EvalSet, rows: np
         full = score_histories(model, data.history, picked, exclude_seen, table, data.users[picked])
         return ranks_from_scores(full, targets[sub.cpu()])
 
-    detached = ItemTable(weight.detach().float(), None if bias is None else bias.detach().float())
-    return top_and_ranks(query, detached, targets.long().to(device), seen_rows.to(device), seen_items.to(device),
+    return top_and_ranks(query, fp32, targets.long().to(device), seen_rows.to(device), seen_items.to(device),
                          k, exact)
 
 
