@@ -8,9 +8,11 @@ divided by the expected batch ``q * users``. ``sigma`` is Opacus' ``get_noise_mu
 ``(epsilon, delta)`` over the planned steps; the accountant's history (``[sigma, q, steps]`` rows) is
 checkpointed, so a resumed run continues it exactly.
 
-Per-user gradients are computed one user at a time (microbatches of one record), so the item
-table's gradient exists once per user being processed, never as a dense (B, N, D) block: peak
-memory is that of the model, the optimizer and two gradient buffers.
+With sampled softmax (shared negatives) the users of a step are processed together by
+:mod:`seqrec.privacy.touched`: per-user gradients through ``torch.func.vmap``, the item table's only on
+the rows each user touches. Other losses compute per-user gradients one user at a time (the
+reference path), so the item table's gradient exists once per user being processed. Neither
+materialises a dense (B, N, D) block.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from seqrec.data.sequences import Sequences
 from seqrec.errors import SeqrecError
 from seqrec.losses import LossConfig, LossInputs, NegativeSampler, compute_loss
 from seqrec.models.base import SequenceModel
+from seqrec.privacy.touched import TouchedRows
 from seqrec.train.config import PrivacyConfig, TrainConfig
 
 DP_MODELS = ("lstm", "gru4rec", "sasrec", "hstu")  # next-item models, no cross-example layers
@@ -177,13 +180,10 @@ def user_gradient(model: SequenceModel, batch: SequenceBatch, params: list[torch
     return [g * factor for g in dense], norm, float(loss.detach())
 
 
-def private_step(model: SequenceModel, windows: UserWindows, users: np.ndarray, params: list[torch.nn.Parameter],
-                 cfg: TrainConfig, p: Plan, sampler: NegativeSampler, gen: torch.Generator,
-                 noise_gen: torch.Generator) -> list[float]:
-    """Set ``params``' .grad to the noised mean of the sampled users' clipped gradients; returns the
-    contributing users' losses. A user appears at most once (Poisson sampling draws each user once)."""
-    if len(np.unique(users)) != len(users):
-        raise AssertionError("a user was sampled twice in one DP step")
+def clipped_sum(model: SequenceModel, windows: UserWindows, users: np.ndarray, params: list[torch.nn.Parameter],
+                cfg: TrainConfig, sampler: NegativeSampler,
+                gen: torch.Generator) -> tuple[list[torch.Tensor], list[float]]:
+    """The reference: the sum of the users' clipped gradients, one user at a time, and their losses."""
     total = [torch.zeros_like(q) for q in params]
     losses: list[float] = []
     for u in users.tolist():
@@ -194,6 +194,23 @@ def private_step(model: SequenceModel, windows: UserWindows, users: np.ndarray, 
         for acc, g in zip(total, grads, strict=True):
             acc.add_(g)
         losses.append(loss)
+    return total, losses
+
+
+def private_step(model: SequenceModel, windows: UserWindows, users: np.ndarray, params: list[torch.nn.Parameter],
+                 cfg: TrainConfig, p: Plan, sampler: NegativeSampler, gen: torch.Generator,
+                 noise_gen: torch.Generator, rows: TouchedRows | None = None) -> list[float]:
+    """Set ``params``' .grad to the noised mean of the sampled users' clipped gradients; returns the
+    contributing users' losses. A user appears at most once (Poisson sampling draws each user once).
+    With ``rows`` (sampled softmax: :mod:`seqrec.privacy.touched`) the users' gradients are computed
+    together on the rows they touch, with one draw of negatives for the step; else one user at a time."""
+    if len(np.unique(users)) != len(users):
+        raise AssertionError("a user was sampled twice in one DP step")
+    if rows is not None:
+        negatives = sampler.sample((cfg.loss.n_negatives,), gen)
+        total, _, losses = rows.clipped_sum(users, negatives, sampler, cfg.loss.logq, cfg.privacy.clip)
+    else:
+        total, losses = clipped_sum(model, windows, users, params, cfg, sampler, gen)
     scale = 1.0 / (p.sample_rate * p.n_users)  # the expected batch: the denominator must not depend on the data
     std = p.noise_multiplier * cfg.privacy.clip
     for param, acc in zip(params, total, strict=True):

@@ -206,7 +206,7 @@ class Trainer:
         """DP-SGD (seqrec.privacy.dp): Poisson-sampled users, one clipped gradient per user, Gaussian noise.
         The model kept is the last epoch's: choosing an epoch by validation metrics would spend privacy
         the accountant does not count, so patience and the best epoch play no part."""
-        from seqrec.privacy import dp
+        from seqrec.privacy import dp, touched
 
         model, cfg = self.model, self.cfg
         dp.check_supported(model, cfg, self.objective)
@@ -214,6 +214,7 @@ class Trainer:
         plan = dp.plan(cfg, windows.n_users)
         opt = make_optimizer(model, cfg)
         params = [p for g in opt.param_groups for p in g["params"]]
+        rows = touched.TouchedRows(model, params, windows) if touched.supported(model, cfg) else None
         result, start_epoch, history = FitResult(), 0, None
         ckpt = self.out_dir / "checkpoint" if self.out_dir else None
         if resume and ckpt and (ckpt / "state.json").exists():
@@ -227,7 +228,8 @@ class Trainer:
         self.privacy = {"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
                         "steps_per_epoch": plan.steps_per_epoch, "delta": plan.delta, "users": plan.n_users,
                         "clip": cfg.privacy.clip, "accountant": cfg.privacy.accountant,
-                        "target_epsilon": cfg.privacy.epsilon}
+                        "target_epsilon": cfg.privacy.epsilon,
+                        "per_user_gradients": "batched, touched rows" if rows else "one user at a time"}
         total_steps = cfg.epochs * plan.steps_per_epoch
         assert cfg.privacy.epsilon is not None
         for epoch in range(start_epoch, cfg.epochs):
@@ -239,7 +241,7 @@ class Trainer:
                 result.stopped_by_time = True
                 break
             t0 = time.perf_counter()
-            loss = self._private_epoch(windows, opt, params, plan, acc, epoch, total_steps)
+            loss = self._private_epoch(windows, opt, params, plan, acc, epoch, total_steps, rows)
             metrics = self.validate()
             t_end = time.perf_counter()
             row = {"epoch": epoch + 1, "loss": loss, **metrics, "epsilon": ahead,  # the accountant's, now
@@ -259,7 +261,7 @@ class Trainer:
         return result
 
     def _private_epoch(self, windows: Any, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-                       plan: Any, acc: Any, epoch: int, total: int) -> float:
+                       plan: Any, acc: Any, epoch: int, total: int, rows: Any = None) -> float:
         from seqrec.privacy import dp
 
         cfg, model = self.cfg, self.model
@@ -275,7 +277,7 @@ class Trainer:
                 group["lr"] = cfg.lr * lr_factor(epoch * plan.steps_per_epoch + i, total, cfg)
             users = dp.poisson_users(windows.n_users, plan.sample_rate, gen)
             opt.zero_grad(set_to_none=True)
-            losses += dp.private_step(model, windows, users, params, cfg, plan, self.sampler, gen, noise_gen)
+            losses += dp.private_step(model, windows, users, params, cfg, plan, self.sampler, gen, noise_gen, rows)
             opt.step()
             acc.step(plan.noise_multiplier, plan.sample_rate)
         # the sampled users' mean loss: a diagnostic outside the DP guarantee, like the validation metrics
