@@ -66,7 +66,9 @@ def _description(reads: str) -> str:
 """
 
 
-def create_app(service: Service, settings: ServeSettings) -> FastAPI:
+def create_app(service: Service, settings: ServeSettings, hot_path: bool = True) -> FastAPI:
+    """``hot_path=False`` leaves every route to FastAPI (see seqrec.serve.hotpath; for comparisons)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         on_sighup = _reload_on_sighup(service)
@@ -96,6 +98,10 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_middleware(ServingMiddleware, metrics=service.metrics, version=lambda: service.version,
                        max_body=settings.max_body_bytes)
+    if hot_path:  # outermost: answers the two hot routes itself, before the serving middleware and routing
+        from seqrec.serve.hotpath import HotPath
+
+        app.add_middleware(HotPath, service=service, settings=settings)
     _document(app, service.index, keyed_reads, admin_on)
     mount_pages(app)
     return app

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, HTTPException, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from seqrec.serve.schemas import ErrorOut
 from seqrec.serve.service import Service
@@ -117,11 +117,16 @@ async def scored(request: Request, submit: Callable[[], Future[T]]) -> T:
     A client already gone when its request was read is never queued. One that leaves while its
     request waits in the queue has the request cancelled, and the scorer drops a cancelled request
     unscored. Either way :class:`ClientGone` is raised (the answer, status 499, goes nowhere)."""
-    if request.scope.get(CLIENT_GONE):
+    return await await_scored(request.scope, request.receive, submit)
+
+
+async def await_scored(scope: Scope, receive: Receive, submit: Callable[[], Future[T]]) -> T:
+    """:func:`scored` for an ASGI request (its scope and its receive channel, the body read already)."""
+    if scope.get(CLIENT_GONE):
         raise ClientGone
     answer = asyncio.wrap_future(submit())
     # A task rather than asyncio.wait on two awaitables: about half the added cost per request (~5 us).
-    watcher = asyncio.ensure_future(_cancel_when_gone(request.receive, answer))
+    watcher = asyncio.ensure_future(_cancel_when_gone(receive, answer))
     try:
         return await answer
     except asyncio.CancelledError:
