@@ -157,7 +157,8 @@ def test_the_service_maps_ids_with_the_key_and_stores_pseudonyms_only(tmp_path: 
     assert pseudonym(KEY, "carol-7").encode() in written
 
 
-def test_the_service_refuses_a_missing_wrong_or_needless_key(tmp_path: Path) -> None:
+def test_the_service_refuses_a_missing_wrong_or_needless_key(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     log = write_log(tmp_path / "log.csv")
     keyfile = tmp_path / "key"
     keyfile.write_bytes(KEY)
@@ -171,6 +172,12 @@ def test_the_service_refuses_a_missing_wrong_or_needless_key(tmp_path: Path) -> 
             _client(path, store, key)
     with pytest.raises(SeqrecError, match="access-log"):
         ServeSettings(artifact=art, pseudonym_key=KEY, access_log=True)
+    wrong = tmp_path / "wrong-key"
+    wrong.write_bytes(b"another-key-0123456789")
+    assert main(["recommend", str(art), "--user", "alice003zz", "--pseudonymise-users", str(wrong)]) == 2
+    assert main(["recommend", str(raw), "--user", "alice003zz", "--pseudonymise-users", str(keyfile)]) == 2
+    err = capsys.readouterr().err
+    assert "not the one it was trained with" in err and "raw user ids" in err
 
 
 def test_the_key_reaches_worker_processes_through_their_environment() -> None:
