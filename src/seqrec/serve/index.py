@@ -24,6 +24,7 @@ from seqrec.data.sequences import Sequences
 from seqrec.errors import ArtifactError
 from seqrec.eval.evaluate import encode_rows, score_histories
 from seqrec.eval.tiled import tile_top
+from seqrec.items.users import user_tower_of
 from seqrec.privacy.ids import pseudonym
 from seqrec.scoring import catalog_scores
 from seqrec.serve.ann import ApproxIndex, build_index
@@ -87,6 +88,7 @@ class ScoreRequest:
     exclude_seen: bool
     banned: np.ndarray  # (m,) internal item ids never to return
     query: torch.Tensor | None = None  # (D,) the history's query when known already (a recurrent state)
+    user: int = -1  # internal user id whose features the model reads (a model with user features); -1: unknown
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ class ServedModel:
         self.users = RequestIds(data.users) if pseudonym_key is None else PseudonymousIds(data.users, pseudonym_key)
         self.titles = data.item_titles
         self.sequences = data.sequences
+        # A model trained with user features reads the user's row of its table (unknown users: the learned
+        # "unknown" row), as offline evaluation does.
+        self.user_features = user_tower_of(self.model) is not None
         with torch.inference_mode():
             # Computed once: for a cosine similarity or a feature/text tower it is a pass over the catalog.
             self._table = self.model.item_table()
@@ -127,6 +132,9 @@ class ServedModel:
             self.ann = build_index(weight, bias, index_mode)
         self.index_kind = "exact" if self.ann is None else self.ann.kind
         self.backend = backend
+        if backend == "onnxruntime" and self.user_features:  # the exported encoder takes item ids only
+            raise ArtifactError("--backend onnxruntime cannot read this model's user features; serve it with "
+                                "--backend torch")
         self._session = onnx_session(self.model, self.model_name, threads) if backend == "onnxruntime" else None
 
     def _check(self, n_model: int) -> None:
@@ -163,15 +171,16 @@ class ServedModel:
         """Top-k for many histories with one forward pass (the micro-batcher calls this)."""
         lengths = np.array([len(r.history) for r in requests], dtype=np.int64)
         seqs = Sequences.from_lengths(lengths, np.concatenate([r.history for r in requests]))
-        given = self._given_queries(seqs, requests)
+        users = np.array([r.user for r in requests], dtype=np.int64) if self.user_features else None
+        given = self._given_queries(seqs, requests, users)
         if self.ann is not None:
-            return self._score_approx(seqs, requests, given)
+            return self._score_approx(seqs, requests, given, users)
         with torch.inference_mode():
             if given is not None:
                 scores = catalog_scores(given, self._table).float()
             elif self._session is None:
                 scores = score_histories(self.model, seqs, np.arange(len(requests)), exclude_seen=False,
-                                         table=self._table)  # (R, N + 1)
+                                         table=self._table, users=users)  # (R, N + 1)
             else:
                 scores = catalog_scores(self._encode(seqs), self._table).float()
             for row, r in enumerate(requests):
@@ -184,7 +193,8 @@ class ServedModel:
         values, indices = top_values.cpu().numpy(), top_indices.cpu().numpy()
         return [_finite(indices[row, : r.k], values[row, : r.k]) for row, r in enumerate(requests)]
 
-    def _given_queries(self, seqs: Sequences, requests: list[ScoreRequest]) -> torch.Tensor | None:
+    def _given_queries(self, seqs: Sequences, requests: list[ScoreRequest],
+                       users: np.ndarray | None = None) -> torch.Tensor | None:
         """(R, D) queries when some requests bring their own (the rest encoded as usual); None when none does."""
         missing = np.array([i for i, r in enumerate(requests) if r.query is None], dtype=np.int64)
         if len(missing) == len(requests):
@@ -193,26 +203,28 @@ class ServedModel:
             rows = [r.query for r in requests]
             if len(missing):
                 encoded = self._encode(Sequences.from_lengths(seqs.lengths[missing],
-                                                              np.concatenate([requests[i].history for i in missing])))
+                                                              np.concatenate([requests[i].history for i in missing])),
+                                       None if users is None else users[missing])
                 for n, i in enumerate(missing.tolist()):
                     rows[i] = encoded[n]
             return torch.stack([q for q in rows if q is not None]).to(self.model.device)
 
-    def _score_approx(self, seqs: Sequences, requests: list[ScoreRequest],
-                      given: torch.Tensor | None = None) -> list[Ranked]:
+    def _score_approx(self, seqs: Sequences, requests: list[ScoreRequest], given: torch.Tensor | None = None,
+                      users: np.ndarray | None = None) -> list[Ranked]:
         assert self.ann is not None
         with torch.inference_mode():
-            query = (self._encode(seqs) if given is None else given).float().cpu().numpy()
+            query = (self._encode(seqs, users) if given is None else given).float().cpu().numpy()
         excluded = [np.concatenate([r.history, r.banned]) if r.exclude_seen else r.banned for r in requests]
         found = self.ann.search(query, max(r.k for r in requests), excluded)
         return [_finite(found.items[row][: r.k], found.scores[row][: r.k]) for row, r in enumerate(requests)]
 
-    def _encode(self, seqs: Sequences) -> torch.Tensor:
-        """(R, D) queries of every row of ``seqs``: torch, or the exported graph in onnxruntime (rows grouped by
-        the same input widths as offline encoding)."""
+    def _encode(self, seqs: Sequences, users: np.ndarray | None = None) -> torch.Tensor:
+        """(R, D) queries of every row of ``seqs`` (``users``: each row's internal user, for a model with user
+        features): torch, or the exported graph in onnxruntime (rows grouped by the same input widths as
+        offline encoding)."""
         rows = np.arange(seqs.n_users)
         if self._session is None:
-            return encode_rows(self.model, seqs, rows)
+            return encode_rows(self.model, seqs, rows, users)
         widths = eval_widths(seqs, int(self.model.config.max_len), rows)
         out: np.ndarray | None = None
         for width in np.unique(widths):

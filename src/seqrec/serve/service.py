@@ -43,7 +43,7 @@ from seqrec.serve.store import CachedState, Event, EventStore, StoreError, UserS
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 RESULT_CACHE_ENTRIES = 16_384  # ranked lists kept by (model, history, k, options); see Service._score_batch
-_ResultKey = tuple[str, bytes, int, bool, bytes]
+_ResultKey = tuple[str, bytes, int, bool, bytes, int]
 
 
 class ServeError(SeqrecError):
@@ -131,7 +131,8 @@ class Service:
         self.state_misses = 0  # ... re-encoded although the model keeps states (none, stale, or too long)
         # The answer to a recommendation is a function of the model, the history and the options: the ranked
         # lists of the last ``result_cache`` distinct ones are kept (in this process's memory; keyed by a digest
-        # of the history, never by a user id), so a user read again before their next event is not scored again.
+        # of the history, never by a user id: a model with user features adds the internal row of the user's
+        # features), so a user read again before their next event is not scored again.
         self.result_cache = result_cache
         self._results: OrderedDict[_ResultKey, list[Scored]] = OrderedDict()
         self.cache_hits = 0  # recommendations answered from it (scorer thread only)
@@ -249,7 +250,8 @@ class Service:
 
     def stepper(self, index: ServedModel) -> RecurrentStepper | None:
         """The recurrent state stepper of ``index``'s model; None for other models or with states off."""
-        if not self.keep_state or index.backend != "torch" or not is_recurrent(index.model):
+        # A stored state encodes the unknown user: a model with user features re-encodes (with the user's row).
+        if not self.keep_state or index.backend != "torch" or not is_recurrent(index.model) or index.user_features:
             return None
         if index not in self._steppers:
             self._steppers[index] = RecurrentStepper(index.model)
@@ -317,8 +319,10 @@ class Service:
         if not len(history):
             raise Invalid(f"user {str(query.user_id)!r} has only events on items the model does not know; "
                           "nothing to score from")
+        # the user's feature row: a user of the training data, unless forgotten (then their features are too)
+        user = index.users.internal(canonical) if index.user_features and not state.forgotten else -1
         return _HistoryQuery(ScoreRequest(history, query.k, query.exclude_seen, _EMPTY,
-                                          self._state_query(index, history, state.cached)), unknown)
+                                          self._state_query(index, history, state.cached), user), unknown)
 
     def _score_batch(self, queries: list[_UserQuery | _HistoryQuery]) -> list[Recommendations | Exception]:
         """Runs on the scorer thread: read the histories, then one forward pass for all of them."""
@@ -376,9 +380,10 @@ class Service:
 
 
 def _result_key(version: str, request: ScoreRequest) -> _ResultKey:
-    """What a ranked list depends on: the model, the history (in order), k and the exclusions."""
+    """What a ranked list depends on: the model, the history (in order), k, the exclusions, and the user's
+    feature row (-1 but for a model with user features)."""
     return (version, history_digest(request.history), request.k, request.exclude_seen,
-            history_digest(request.banned) if len(request.banned) else b"")
+            history_digest(request.banned) if len(request.banned) else b"", request.user)
 
 
 def build_service(settings: ServeSettings) -> Service:
