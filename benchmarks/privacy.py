@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -39,12 +40,17 @@ from seqrec.data.split import leave_one_out
 from seqrec.datasets import load_dataset
 from seqrec.items.features import prepare_tower
 from seqrec.losses import LossConfig
+from seqrec.privacy import touched
 from seqrec.privacy.dp import UserWindows
 from seqrec.privacy.forget import without_users
 from seqrec.recommender import Recommender
 from seqrec.train.config import PrivacyConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = ("model", "dim", "n_layers", "max_len", "dropout", "loss", "negatives", "lr", "clip", "batch_users",
+            "warmup_steps", "schedule", "epochs", "loss_nodp", "lr_nodp", "epochs_nodp", "reference_path", "threads")
+DP_KEYS = ("loss", "negatives", "lr", "clip", "batch_users", "warmup_steps", "schedule", "epochs", "reference_path")
+NODP_KEYS = ("loss_nodp", "lr_nodp", "epochs_nodp")
 
 
 def auc(members: np.ndarray, others: np.ndarray) -> float:
@@ -119,16 +125,24 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
           epochs: int) -> tuple[Recommender, Any, float]:
     train_data = without_users(data, np.setdiff1d(np.arange(data.n_users), members))
     privacy = PrivacyConfig(epsilon=epsilon, clip=args.clip, batch_users=args.batch_users) if epsilon else None
-    loss = LossConfig(name=args.loss, n_negatives=args.negatives)
+    loss = LossConfig(name=args.loss if epsilon else args.loss_nodp, n_negatives=args.negatives)
+    dp_schedule = {"warmup_steps": args.warmup_steps, "schedule": args.schedule} if epsilon else {}
     cfg = TrainConfig(epochs=epochs, lr=args.lr if epsilon else args.lr_nodp, seed=seed, patience=max(1, epochs),
-                      device="cpu", loss=loss, privacy=privacy or PrivacyConfig())
+                      device="cpu", loss=loss, privacy=privacy or PrivacyConfig(), valid_users=args.valid_users,
+                      **dp_schedule)
     params: dict[str, Any] = {"dim": args.dim, "n_layers": args.n_layers, "max_len": args.max_len}
+    if args.dropout is not None:
+        params["dropout"] = args.dropout
     rec = Recommender(args.model, cfg, **params)
     if args.item_mode != "id":
         feats = ItemFeaturesConfig(item_features=str(args.item_features), item_mode=args.item_mode)
         rec.tower_inputs = prepare_tower(feats, train_data.items)
     t0 = time.perf_counter()
-    result = rec.fit(train_data, leave_one_out(train_data), progress=False)
+    if args.reference_path:  # the A/B baseline: every user's gradient one at a time
+        with mock.patch.object(touched, "supported", lambda *_: False):
+            result = rec.fit(train_data, leave_one_out(train_data), progress=False)
+    else:
+        result = rec.fit(train_data, leave_one_out(train_data), progress=False)
     return rec, result, time.perf_counter() - t0
 
 
@@ -141,20 +155,26 @@ def run_one(args: argparse.Namespace, setting: str) -> dict[str, Any]:
     epsilon = None if setting in ("init", "0") else float(setting)
     epochs = 0 if setting == "init" else args.epochs if epsilon else args.epochs_nodp
     rec, result, train_s = train(args, data, members, epsilon, args.seed, epochs)
-    metrics = rec.evaluate(ks=(10,))
-    losses = user_losses(rec, data)
+    split = "valid" if args.valid_only else "test"
+    metrics = rec.evaluate(on=split, ks=(10,))
     row: dict[str, Any] = {
         "setting": "untrained (control)" if setting == "init" else f"epsilon {epsilon:g}" if epsilon else "no DP",
-        "epsilon_target": epsilon, "NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"],
-        "attack_auc": loss_attack_auc(losses, members, others),
-        "mean_loss_members": float(np.nanmean(losses[members])),
-        "mean_loss_nonmembers": float(np.nanmean(losses[others])),
+        "epsilon_target": epsilon, "split": split, "NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"],
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])) if epochs else 0.0,
         "train_seconds": train_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "n_parameters": rec.model.n_parameters() if rec.model is not None else 0,
+        "run": {k: getattr(args, k) for k in RUN_KEYS if k not in (NODP_KEYS if epsilon else DP_KEYS)},
     }
+    if args.valid_only:  # a tuning run: the test split and the attacks stay untouched
+        if result.privacy:
+            row["privacy"] = {k: v for k, v in result.privacy.items() if k != "accountant_history"}
+        return row
+    losses = user_losses(rec, data)
+    row |= {"attack_auc": loss_attack_auc(losses, members, others),
+            "mean_loss_members": float(np.nanmean(losses[members])),
+            "mean_loss_nonmembers": float(np.nanmean(losses[others]))}
     if result.privacy:
         row["privacy"] = {k: v for k, v in result.privacy.items() if k != "accountant_history"}
     if args.lira and setting != "init" and setting in args.lira_settings.split(","):
@@ -177,8 +197,19 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--loss", default="ce", help="ce (full softmax) or sampled (sampled softmax)")
-    p.add_argument("--negatives", type=int, default=1, help="negatives per target with --loss sampled")
+    p.add_argument("--loss", default="ce", help="loss with DP: ce (full softmax) or sampled (sampled softmax, "
+                   "shared negatives: the batched per-user gradients of seqrec.privacy.touched for sasrec/hstu)")
+    p.add_argument("--loss-nodp", default="ce", help="loss without DP")
+    p.add_argument("--negatives", type=int, default=1, help="negatives per batch with --loss sampled")
+    p.add_argument("--dropout", type=float, default=None, help="model dropout (default: the model's)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="DP: steps of linear learning-rate warm-up")
+    p.add_argument("--schedule", default="constant", help="DP: learning rate after warm-up: constant or cosine")
+    p.add_argument("--valid-users", type=int, default=None,
+                   help="per-epoch validation on this many users (diagnostic only; DP keeps the last epoch)")
+    p.add_argument("--valid-only", action="store_true",
+                   help="tuning: report the validation split's metrics, no test metrics and no attacks")
+    p.add_argument("--reference-path", action="store_true",
+                   help="DP: compute per-user gradients one user at a time even where the batched path applies")
     p.add_argument("--item-mode", default="id", help="id, or features (item vectors from --item-features only)")
     p.add_argument("--item-features", type=Path, default=None, help="public item attribute file")
     p.add_argument("--settings", default="init,0,1,4,8",

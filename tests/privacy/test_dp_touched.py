@@ -12,9 +12,11 @@ import torch
 pytest.importorskip("opacus")
 from opacus.accountants import RDPAccountant
 
-from seqrec.data.split import leave_one_out
+from seqrec.data.split import Split, leave_one_out
 from seqrec.datasets.synthetic import markov_dataset
+from seqrec.errors import SeqrecError
 from seqrec.losses import LossConfig, NegativeSampler
+from seqrec.models.base import SequenceModel
 from seqrec.models.registry import build_model, make_config
 from seqrec.privacy import dp, touched
 from seqrec.train.config import PrivacyConfig, TrainConfig
@@ -31,7 +33,7 @@ class FixedNegatives(NegativeSampler):
         return NEGATIVES.clone().view(shape)
 
 
-def setup(model: str, **extra: Any) -> tuple[torch.nn.Module, dp.UserWindows, TrainConfig, object]:
+def setup(model: str, **extra: Any) -> tuple[SequenceModel, dp.UserWindows, TrainConfig, Split]:
     data = markov_dataset(n_users=N_USERS, n_items=N_ITEMS, length=12)
     split = leave_one_out(data)
     torch.manual_seed(0)
@@ -70,7 +72,7 @@ def test_each_users_batched_contribution_is_clipped() -> None:
     for clip in (1e-3, 1e6):
         for u in range(6):
             total, norms, _ = rows.clipped_sum(np.array([u]), NEGATIVES, sampler, True, clip)
-            norm = float(torch.sqrt(sum((g ** 2).sum() for g in total)))
+            norm = float(torch.stack([(g ** 2).sum() for g in total]).sum().sqrt())
             assert norm <= clip * (1 + 1e-5)
             assert norm == pytest.approx(min(norms[0], clip), rel=1e-4)
 
@@ -100,3 +102,11 @@ def test_other_losses_and_recurrent_models_take_the_reference_path(model: str, l
     extra: dict[str, Any] = {"hidden": 8} if model == "gru4rec" else {"n_heads": 1}
     net = build_model(model, make_config(model, n_items=N_ITEMS, max_len=5, dim=8, **extra))
     assert not touched.supported(net, TrainConfig(loss=loss))
+
+
+def test_popularity_negatives_are_refused() -> None:
+    net, _, cfg, split = setup("sasrec")
+    cfg = TrainConfig(epochs=1, device="cpu", loss=LossConfig(name="sampled", sampler="popularity"),
+                      privacy=cfg.privacy)
+    with pytest.raises(SeqrecError, match="popularity negatives"):
+        fit(net, split, cfg, progress=False)

@@ -63,6 +63,9 @@ def check_supported(model: SequenceModel, cfg: TrainConfig, objective: str) -> N
         raise SeqrecError("--dp-epsilon: only the next-item objective is supported with DP-SGD; drop --objective cloze")
     if cfg.loss.sampler == "in-batch":
         raise SeqrecError("--dp-epsilon: in-batch negatives mix users in one gradient; use --sampler uniform")
+    if cfg.loss.sampler == "popularity" and cfg.loss.name != "ce":
+        raise SeqrecError("--dp-epsilon: popularity negatives are drawn from counts over every user's data, which "
+                          "the noise does not cover; use --sampler uniform")
     if cfg.train_rest_valid:
         raise SeqrecError("--dp-epsilon: --train-rest-valid is not supported with DP-SGD")
 

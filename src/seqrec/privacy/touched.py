@@ -30,8 +30,8 @@ from seqrec.train.config import TrainConfig
 
 # a vmapped chunk's size: tokens (users x windows x positions) bound the activations and the (chunk, R, D)
 # row gradients, users the (chunk, encoder parameters) block
-CHUNK_TOKENS = 8_192
-CHUNK_USERS = 256
+CHUNK_TOKENS = 4_096
+CHUNK_USERS = 128
 
 
 class _Scorer(nn.Module):
