@@ -6,12 +6,15 @@ Each stage is timed with the CPU clock of the thread that runs it (``time.thread
 waiting for a core that other processes hold is not counted; medians over ``--repeat`` requests for
 distinct users of the artifact:
 
-* ``app``: the event loop's side of ``GET /v1/users/{id}/recommendations`` through the ASGI app (middleware,
-  routing, validation, dependencies, handing the request to the scorer and awaiting it, the JSON answer,
-  metrics), with the scorer's own work excluded; uvicorn's HTTP parsing and the socket are not in it;
+* ``get_recommendations``: the event loop's side of ``GET /v1/users/{id}/recommendations`` through the ASGI app
+  as served (the plain-ASGI hot path of seqrec.serve.hotpath: key and query checks, handing the request to the
+  scorer and awaiting it, the JSON answer, metrics), with the scorer's own work excluded; uvicorn's HTTP
+  parsing and the socket are not in it; ``get_recommendations_fastapi``: the same through FastAPI (the app
+  built with ``hot_path=False``: middleware, routing, validation, dependencies);
 * the scorer's stages for one request alone and per request in a batch of 8: reading the history from the
   store, the encoder forward pass, the catalog product, masking and top-k, and building the answer;
-* ``post_event``: the event loop's side of ``POST /v1/events`` (the writer's commit and fsync excluded);
+* ``post_event`` and ``post_event_fastapi``: the event loop's side of ``POST /v1/events`` (the writer's commit
+  and fsync excluded), through the hot path and through FastAPI;
 * ``minimal_asgi_get``: for comparison, the same GET through a bare ASGI handler that only parses the path and
   ``k``, awaits the scorer and encodes the same answer (no middleware, validation, dependencies or metrics):
   what FastAPI's layers cost.
@@ -139,10 +142,11 @@ def minimal_app(svc: Service) -> Any:
     return app
 
 
-def app_side(app: Any, svc: Service, users: list[str], repeat: int) -> dict[str, float]:
-    """CPU of the event-loop thread per request, the scorer's and writer's threads excluded."""
+def app_side(app: Any, plain: Any, svc: Service, users: list[str], repeat: int) -> dict[str, float]:
+    """CPU of the event-loop thread per request, the scorer's and writer's threads excluded: ``app`` as served,
+    ``plain`` without the hot path."""
     loop = asyncio.new_event_loop()
-    reads, writes, minimal = [], [], []
+    reads, writes, minimal, plain_reads, plain_writes = [], [], [], [], []
     bare = minimal_app(svc)
     headers = [(b"x-api-key", KEY.encode()), (b"content-type", b"application/json")]
     item = svc.index.items.external[0]
@@ -158,9 +162,14 @@ def app_side(app: Any, svc: Service, users: list[str], repeat: int) -> dict[str,
             writes.append(timed("POST", "/v1/events", body=json.dumps({"user_id": user, "item_id": item}).encode()))
             other = users[(r + repeat) % len(users)]
             minimal.append(timed("GET", f"/v1/users/{other}/recommendations", b"k=10", target=bare))
+            third = users[(r + 2 * repeat) % len(users)]
+            plain_reads.append(timed("GET", f"/v1/users/{third}/recommendations", b"k=10", target=plain))
+            event = json.dumps({"user_id": third, "item_id": item}).encode()
+            plain_writes.append(timed("POST", "/v1/events", body=event, target=plain))
     finally:
         loop.close()
-    return {"get_recommendations": med(reads), "post_event": med(writes), "minimal_asgi_get": med(minimal)}
+    return {"get_recommendations": med(reads), "get_recommendations_fastapi": med(plain_reads),
+            "post_event": med(writes), "post_event_fastapi": med(plain_writes), "minimal_asgi_get": med(minimal)}
 
 
 def main() -> int:
@@ -175,9 +184,9 @@ def main() -> int:
         settings = ServeSettings(artifact=args.artifact, store=f"sqlite:///{tmp}/e.db", api_key=KEY, torch_threads=1)
         svc = build_service(settings)
         svc.result_cache = 0
-        users = [str(u) for u in svc.index.users.external[: 4 * args.repeat]]
+        users = [str(u) for u in svc.index.users.external[: 6 * args.repeat]]
         svc.submit_events([EventInput(u, svc.index.items.external[1]) for u in users[::3]]).result()
-        app = create_app(svc, settings)
+        app, plain = create_app(svc, settings), create_app(svc, settings, hot_path=False)
         for batch in (1, 8):  # warm-up
             scorer_stages(svc, users, batch, 5)
         result = {
@@ -187,7 +196,7 @@ def main() -> int:
             "clock": "time.thread_time of the thread doing the work: CPU ms per request, medians",
             "scorer_batch1_ms": scorer_stages(svc, users, 1, args.repeat),
             "scorer_batch8_per_request_ms": scorer_stages(svc, users, 8, max(20, args.repeat // 4)),
-            "event_loop_ms": app_side(app, svc, users, args.repeat),
+            "event_loop_ms": app_side(app, plain, svc, users, args.repeat),
             "torch": torch.__version__,
             "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

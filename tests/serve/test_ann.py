@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("faiss")
 
 from seqrec.artifact import Artifact, load_artifact, save_artifact
+from seqrec.cli import build_parser
 from seqrec.data.preprocess import build_dataset
 from seqrec.errors import SeqrecError
 from seqrec.models.registry import create
@@ -25,6 +26,7 @@ from seqrec.serve.ann import (
     default_params,
 )
 from seqrec.serve.index import ScoreRequest, ServedModel, model_version
+from seqrec.serve.settings import ServeSettings, settings_from_args
 
 N_ITEMS, DIM, N_QUERIES, K = 20_000, 32, 300, 10
 
@@ -267,3 +269,14 @@ def test_build_index_takes_a_kind_name() -> None:
     table = np.random.default_rng(0).normal(size=(101, 8)).astype(np.float32)
     built = build_index(table, None, "hnsw")
     assert built is not None and built.kind == "hnsw"
+
+
+def test_serve_takes_an_index_kind(tmp_path: Path) -> None:
+    """`seqrec serve --index ivfpq` (or hnsw) builds that index whatever the catalog size; other names are refused."""
+    settings = settings_from_args(build_parser().parse_args(["serve", str(tmp_path), "--index", "ivfpq"]), {})
+    assert settings.index == "ivfpq"
+    with pytest.raises(SeqrecError, match="--index 'ivf'"):
+        ServeSettings(tmp_path, index="ivf")
+    table = np.random.default_rng(0).normal(size=(101, 8)).astype(np.float32)
+    with pytest.raises(SeqrecError, match="at least 1,000 items"):  # too few to train its quantisers
+        build_index(table, None, "ivfpq")

@@ -28,6 +28,7 @@ from seqrec.errors import SeqrecError
 
 INDEX_MODES = ("exact", "approx", "auto")
 AUTO_EXACT_BELOW = 100_000  # items: below this, exact scoring is as fast as a graph search on a CPU
+IVFPQ_MIN_ITEMS = 1_000  # fewer cannot train the IVF lists and the 256-code quantisers; HNSW or exact does
 IVFPQ_FROM = 5_000_000  # items: from here the HNSW graph (~ N * (4 * 2 * M + 4 * D) bytes) gets too large
 # HNSW defaults (what --index approx and auto build; benchmarks/ann.py measured them, docs/serving.md has the
 # numbers): below AUTO_EXACT_BELOW (reached only with --index approx) the graph is cheap to build, so it gets
@@ -121,6 +122,9 @@ class ApproxIndex:
             raise SeqrecError("the item table is empty: nothing to index")
         if kind not in ("hnsw", "ivfpq"):
             raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
+        if kind == "ivfpq" and self.n_items < IVFPQ_MIN_ITEMS:  # its quantisers need that many training points
+            raise SeqrecError(f"an IVF-PQ index needs at least {IVFPQ_MIN_ITEMS:,} items and this catalog has "
+                              f"{self.n_items:,}; use --index hnsw or exact")
         self.kind = kind
         hnsw = default_params(self.n_items, "hnsw")
         self.ef_search = ef_search or hnsw["ef_search"]

@@ -57,7 +57,7 @@ class ServeSettings:
     gil_switch_ms: float = 5.0
     device: str = "cpu"  # where the model scores: cpu, cuda or cuda:N
     # top-K: exact (every item scored; equals offline), approx (FAISS HNSW / IVF-PQ), auto (approx from
-    # AUTO_EXACT_BELOW items)
+    # AUTO_EXACT_BELOW items), hnsw or ivfpq (that kind of approximate index, whatever the catalog size)
     index: str = "exact"
     backend: str = "torch"  # what encodes histories: torch, or onnxruntime (the encoder exported at start-up)
     # Connection limits, per worker process (uvicorn has none of the first three by default):
@@ -82,8 +82,8 @@ class ServeSettings:
             raise SeqrecError("--max-score-batch, --torch-threads and --workers must be >= 1")
         if not 0.01 <= self.gil_switch_ms <= 1000:
             raise SeqrecError(f"--gil-switch-ms must be between 0.01 and 1000, got {self.gil_switch_ms}")
-        if self.index not in ("exact", "approx", "auto"):
-            raise SeqrecError(f"--index {self.index!r}: choose exact, approx or auto")
+        if self.index not in ("exact", "approx", "auto", "hnsw", "ivfpq"):
+            raise SeqrecError(f"--index {self.index!r}: choose exact, approx, auto, hnsw or ivfpq")
         if self.backend not in ("torch", "onnxruntime"):
             raise SeqrecError(f"--backend {self.backend!r}: choose torch or onnxruntime")
         if not self.store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
