@@ -1,7 +1,9 @@
-"""Amazon Beauty (S3-Rec files): SASRec id-only against id+features (the S3-Rec attribute file), same settings
-and seed, each run capped at the same wall time.
+"""Amazon Beauty or Sports (S3-Rec files): SASRec id-only against id+features (the S3-Rec attribute file), same
+settings and seed, each run capped at the same wall time.
 
     python benchmarks/features_beauty.py --max-seconds 480 --out benchmarks/results/features-beauty.json
+    python benchmarks/features_beauty.py --dataset sports --max-seconds 1200 \
+        --out benchmarks/results/features-sports.json
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEQREC_DATA_ROOT", ROOT / ".." / "shared" / "data"))
-ATTRS = DATA / "amazon-beauty-s3rec" / "Beauty_item2attributes.json.gz"
-SETTINGS = ["--dataset", "amazon-beauty-s3rec", "--model", "sasrec", "--dim", "256", "--n-layers", "1",
-            "--dropout", "0.3", "--original-norm", "--positions", "end", "--schedule", "cosine", "--lr", "1e-3"]
+DATASETS = {"beauty": ("amazon-beauty-s3rec", "Beauty_item2attributes.json.gz"),
+            "sports": ("amazon-sports-s3rec", "Sports_and_Outdoors_item2attributes.json.gz")}
+SETTINGS = ["--model", "sasrec", "--dim", "256", "--n-layers", "1", "--dropout", "0.3", "--original-norm",
+            "--positions", "end", "--schedule", "cosine", "--lr", "1e-3"]
 
 
 def run(mode: str, work: Path, args: argparse.Namespace) -> dict:
-    out = work / f"beauty-{mode.replace('+', '-')}"
-    cmd = ["seqrec", "train", *SETTINGS, "--epochs", str(args.epochs), "--max-seconds", str(args.max_seconds),
-           "--patience", "5", "--device", "cpu", "--out", str(out), "--force", "--data-root", str(DATA)]
+    dataset, attrs = DATASETS[args.dataset]
+    out = work / f"{args.dataset}-{mode.replace('+', '-')}"
+    cmd = ["seqrec", "train", "--dataset", dataset, *SETTINGS, "--epochs", str(args.epochs),
+           "--max-seconds", str(args.max_seconds), "--patience", "5", "--device", "cpu", "--out", str(out),
+           "--force", "--data-root", str(DATA)]
     if mode != "id":
-        cmd += ["--item-features", str(ATTRS), "--item-mode", mode, "--combine", args.combine]
+        cmd += ["--item-features", str(DATA / dataset / attrs), "--item-mode", mode, "--combine", args.combine]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -42,6 +47,7 @@ def run(mode: str, work: Path, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="beauty")
     p.add_argument("--modes", default="id,id+features")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--max-seconds", type=int, default=480)
@@ -54,7 +60,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         results.append(run(mode, args.work, args))
         print(json.dumps(results[-1]), flush=True)
-        args.out.write_text(json.dumps({"benchmark": "features-beauty", "script": " ".join(sys.argv),
+        args.out.write_text(json.dumps({"benchmark": f"features-{args.dataset}", "script": " ".join(sys.argv),
                                         "machine": platform.processor() or platform.machine(),
                                         "threads": args.threads, "results": results}, indent=2) + "\n")
 
