@@ -12,7 +12,9 @@ and seed everywhere; leave-one-out on the target log, full ranking over the targ
 
     python benchmarks/transfer.py --max-seconds 480 --out benchmarks/results/transfer-scientific.json
 
-One training process at a time; ``--threads`` sets OMP_NUM_THREADS for a shared machine.
+or in parts that add their rows to the same file (zero-shot and fine-tuning read the source artifact from
+--work): ``--only target-alone,source-pretrain`` then ``--only zero-shot,target-finetuned``. One training
+process at a time; ``--threads`` sets OMP_NUM_THREADS for a shared machine.
 """
 
 from __future__ import annotations
@@ -95,31 +97,55 @@ def stats(log: Path) -> dict:
             "users_with_3_or_more": sum(len(r) >= 3 for r in rows)}
 
 
+RUNS = ("target-alone", "source-pretrain", "zero-shot", "target-finetuned")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_cli.add_run_args(p, 40, 5, 480.0, "/tmp/seqrec-transfer-bench",
                            ROOT / "benchmarks" / "results" / "transfer-scientific.json")
+    p.add_argument("--only", default=",".join(RUNS),
+                   help="run these of the four (in order; zero-shot and target-finetuned need the source-pretrain "
+                        "artifact in --work): several invocations add their rows to the same --out file")
     args = p.parse_args()
+    only = [r.strip() for r in args.only.split(",") if r.strip()]
+    if unknown := sorted(set(only) - set(RUNS)):
+        raise SystemExit(f"--only: unknown run {unknown[0]!r}; choose from {', '.join(RUNS)}")
     log, text = prepare(args.work)
     logs = split_domains(log, text, args.work)
-    result = {"benchmark": "transfer-scientific", "script": " ".join([sys.executable, *sys.argv]),
+    script = " ".join([sys.executable, *sys.argv])
+    result = {"benchmark": "transfer-scientific", "script": script,
               "machine": platform.processor() or platform.machine(), "threads": args.threads,
               "max_seconds_per_run": args.max_seconds, "note": args.note, "target_categories": list(TARGET),
               "domains": {name: stats(path) for name, path in logs.items()}, "results": []}
+    if args.out.is_file() and set(only) != set(RUNS):  # a later part of the same benchmark: keep the rows so far
+        earlier = json.loads(args.out.read_text())
+        if earlier.get("benchmark") == result["benchmark"] and earlier.get("domains") == result["domains"]:
+            kept = [row for row in earlier.get("results", []) if row.get("part") not in only]
+            result["script"] = "; ".join(dict.fromkeys([*str(earlier.get("script", "")).split("; "), script]))
+            result["note"] = earlier.get("note") or args.note
+            result["results"] = kept
 
-    def record(row: dict) -> None:
-        result["results"].append(row)
+    def record(part: str, row: dict) -> None:
+        result["results"].append({"part": part, **row})
+        result["results"].sort(key=lambda r: RUNS.index(r["part"]) if r.get("part") in RUNS else len(RUNS))
         print(json.dumps({k: row.get(k) for k in ("run", "test", "epochs_run", "seconds")}), flush=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, args.out)
 
-    _, alone = train("target-alone", logs["target"], text, args.work, args)
-    record(alone)
-    source, pre = train("source-pretrain", logs["source"], text, args.work, args)
-    pre["run"] = "source-pretrain (its own test split, source catalog)"
-    record(pre)
-    record(zero_shot(source, logs["target"], text, args))
-    _, tuned = train("target-finetuned", logs["target"], text, args.work, args, "--init-from", str(source))
-    record(tuned)
+    source = args.work / "run-source-pretrain"
+    if "target-alone" in only:
+        record("target-alone", train("target-alone", logs["target"], text, args.work, args)[1])
+    if "source-pretrain" in only:
+        _, pre = train("source-pretrain", logs["source"], text, args.work, args)
+        pre["run"] = "source-pretrain (its own test split, source catalog)"
+        record("source-pretrain", pre)
+    if "zero-shot" in only:
+        record("zero-shot", zero_shot(source, logs["target"], text, args))
+    if "target-finetuned" in only:
+        record("target-finetuned", train("target-finetuned", logs["target"], text, args.work, args, "--init-from",
+                                         str(source))[1])
 
 
 if __name__ == "__main__":
