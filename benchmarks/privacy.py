@@ -47,10 +47,10 @@ from seqrec.recommender import Recommender
 from seqrec.train.config import PrivacyConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_KEYS = ("model", "dim", "n_layers", "max_len", "dropout", "loss", "negatives", "lr", "clip", "batch_users",
-            "warmup_steps", "schedule", "epochs", "loss_nodp", "lr_nodp", "epochs_nodp", "reference_path", "threads")
-DP_KEYS = ("loss", "negatives", "lr", "clip", "batch_users", "warmup_steps", "schedule", "epochs", "reference_path")
-NODP_KEYS = ("loss_nodp", "lr_nodp", "epochs_nodp")
+DP_KEYS = ("dim", "dropout", "loss", "negatives", "lr", "clip", "batch_users", "warmup_steps", "schedule", "epochs",
+           "reference_path")
+NODP_KEYS = ("dim_nodp", "loss_nodp", "lr_nodp", "epochs_nodp")
+RUN_KEYS = ("model", "n_layers", "max_len", "threads", *DP_KEYS, *NODP_KEYS)  # each row: the settings it ran with
 
 
 def auc(members: np.ndarray, others: np.ndarray) -> float:
@@ -130,8 +130,9 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
     cfg = TrainConfig(epochs=epochs, lr=args.lr if epsilon else args.lr_nodp, seed=seed, patience=max(1, epochs),
                       device="cpu", loss=loss, privacy=privacy or PrivacyConfig(), valid_users=args.valid_users,
                       **dp_schedule)
-    params: dict[str, Any] = {"dim": args.dim, "n_layers": args.n_layers, "max_len": args.max_len}
-    if args.dropout is not None:
+    params: dict[str, Any] = {"dim": args.dim if epsilon else args.dim_nodp, "n_layers": args.n_layers,
+                              "max_len": args.max_len}
+    if args.dropout is not None and epsilon:
         params["dropout"] = args.dropout
     rec = Recommender(args.model, cfg, **params)
     if args.item_mode != "id":
@@ -201,7 +202,8 @@ def main() -> None:
                    "shared negatives: the batched per-user gradients of seqrec.privacy.touched for sasrec/hstu)")
     p.add_argument("--loss-nodp", default="ce", help="loss without DP")
     p.add_argument("--negatives", type=int, default=1, help="negatives per batch with --loss sampled")
-    p.add_argument("--dropout", type=float, default=None, help="model dropout (default: the model's)")
+    p.add_argument("--dim-nodp", type=int, default=None, help="embedding size without DP (default: --dim)")
+    p.add_argument("--dropout", type=float, default=None, help="model dropout with DP (default: the model's)")
     p.add_argument("--warmup-steps", type=int, default=0, help="DP: steps of linear learning-rate warm-up")
     p.add_argument("--schedule", default="constant", help="DP: learning rate after warm-up: constant or cosine")
     p.add_argument("--valid-users", type=int, default=None,
@@ -230,6 +232,7 @@ def main() -> None:
     p.add_argument("--note", default="")
     args = p.parse_args()
     args.epochs_nodp = args.epochs if args.epochs_nodp is None else args.epochs_nodp
+    args.dim_nodp = args.dim if args.dim_nodp is None else args.dim_nodp
     if args.one is not None:
         print(json.dumps(run_one(args, args.one)))
         return
