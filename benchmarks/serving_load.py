@@ -470,6 +470,8 @@ def summarize_profile(text: str) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
+        if stack.startswith("process "):  # --subprocesses puts the process and its command line first: not a frame
+            stack = stack.partition(";")[2]
         name = next((c for c, keys in CATEGORIES if any(k in stack for k in keys)), "other")
         by_category[name] = by_category.get(name, 0) + n
         leaf = stack.rsplit(";", 1)[-1]
