@@ -7,13 +7,14 @@ and seed everywhere; leave-one-out on the target log, full ranking over the targ
 - target alone: trained on the target log only;
 - pretrained on the source log, then fine-tuned on the target (``--init-from``: encoder and text projection
   copied);
+- pretrained with the encoder frozen (``--init-from SOURCE --freeze encoder``: only the item tower trains);
 - zero-shot: the source model evaluated on the target log with no training there
   (``seqrec evaluate SOURCE --data TARGET --item-text TEXT``).
 
     python benchmarks/transfer.py --max-seconds 480 --out benchmarks/results/transfer-scientific.json
 
 or in parts that add their rows to the same file (zero-shot and fine-tuning read the source artifact from
---work): ``--only target-alone,source-pretrain`` then ``--only zero-shot,target-finetuned``. One training
+--work): ``--only target-alone,source-pretrain`` then ``--only zero-shot,target-finetuned,target-frozen``. One training
 process at a time; ``--threads`` sets OMP_NUM_THREADS for a shared machine.
 """
 
@@ -97,7 +98,7 @@ def stats(log: Path) -> dict:
             "users_with_3_or_more": sum(len(r) >= 3 for r in rows)}
 
 
-RUNS = ("target-alone", "source-pretrain", "zero-shot", "target-finetuned")
+RUNS = ("target-alone", "source-pretrain", "zero-shot", "target-finetuned", "target-frozen")
 
 
 def main() -> None:
@@ -105,8 +106,8 @@ def main() -> None:
     train_cli.add_run_args(p, 40, 5, 480.0, "/tmp/seqrec-transfer-bench",
                            ROOT / "benchmarks" / "results" / "transfer-scientific.json")
     p.add_argument("--only", default=",".join(RUNS),
-                   help="run these of the four (in order; zero-shot and target-finetuned need the source-pretrain "
-                        "artifact in --work): several invocations add their rows to the same --out file")
+                   help="run these (in order; zero-shot and the target-finetuned/-frozen runs need the "
+                        "source-pretrain artifact in --work): several invocations add their rows to one --out file")
     args = p.parse_args()
     only = [r.strip() for r in args.only.split(",") if r.strip()]
     if unknown := sorted(set(only) - set(RUNS)):
@@ -146,6 +147,9 @@ def main() -> None:
     if "target-finetuned" in only:
         record("target-finetuned", train("target-finetuned", logs["target"], text, args.work, args, "--init-from",
                                          str(source))[1])
+    if "target-frozen" in only:
+        record("target-frozen", train("target-frozen", logs["target"], text, args.work, args, "--init-from",
+                                      str(source), "--freeze", "encoder")[1])
 
 
 if __name__ == "__main__":
