@@ -3,7 +3,10 @@
 A score is ``q @ v + b`` (see :mod:`seqrec.scoring`). The bias is folded in as one more dimension
 (query ``[q, 1]``, item ``[v, b]``) and the index searches by inner product directly. (The classic
 reduction to L2 search, a last dimension ``sqrt(M^2 - |[v, b]|^2)``, was measured to lose items whose bias
-stands far above the rest: they become isolated points of the graph.) Padding (row 0) is never indexed.
+stands far above the rest: they become isolated points of the graph.) IVF-PQ takes that reduction, though:
+its lists (k-means) and codes (product quantisation) are built for L2, and by inner product the lists gather
+around the few centroids of largest norm (measured on a 1M-item catalog: recall@10 0.69 at nprobe 125, see
+benchmarks/results/ann-synthetic-1m-ivfpq.json). Padding (row 0) is never indexed.
 
 The index only proposes candidates: their scores are recomputed exactly from the item table, so a
 returned score is the exact score of that item. Excluded items (seen, banned) are removed after the
@@ -130,7 +133,8 @@ class ApproxIndex:
         self.ef_search = ef_search or hnsw["ef_search"]
         self.n_list = (n_list or default_n_list(self.n_items)) if kind == "ivfpq" else 0  # IVF lists
         self.fallbacks = 0  # rows rescored exactly because the search left fewer than k after exclusions
-        points = np.ascontiguousarray(self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None))
+        points = self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None)
+        points = np.ascontiguousarray(_l2_reduced(points) if kind == "ivfpq" else points)
         self.dim = int(points.shape[1])
         build = {"kind": kind, "hnsw_m": hnsw_m or hnsw["hnsw_m"],
                  "ef_construction": ef_construction or hnsw["ef_construction"], "n_list": self.n_list, "seed": seed}
@@ -153,7 +157,7 @@ class ApproxIndex:
             index.hnsw.efConstruction = build["ef_construction"]
         else:
             m = max(d for d in range(1, 33) if self.dim % d == 0)  # PQ sub-quantisers must divide the width
-            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, self.n_list, m, 8, ip)
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatL2(self.dim), self.dim, self.n_list, m, 8)  # L2: see _l2_reduced
             index = faiss.IndexRefineFlat(ivf)  # PQ proposes, the exact vectors rerank
             rng = np.random.default_rng(build["seed"])
             index.train(points[rng.choice(len(points), size=min(len(points), 64 * self.n_list), replace=False)])
@@ -210,8 +214,11 @@ class ApproxIndex:
 
     def _queries(self, query: np.ndarray) -> np.ndarray:
         q = np.asarray(query, dtype=np.float32)
-        # [q, 1] . [v, b] = q.v + b (without a bias the items' last entry is 1: q.v + 1 ranks as q.v does)
-        return np.ascontiguousarray(np.hstack([q, np.ones((len(q), 1), np.float32)]))
+        # [q, 1] . [v, b] = q.v + b (without a bias the items' last entry is 1: q.v + 1 ranks as q.v does); IVF-PQ's
+        # items carry one more entry (see _l2_reduced), which the query's 0 leaves out of the product
+        extra = 2 if self.kind == "ivfpq" else 1
+        return np.ascontiguousarray(np.hstack([q, np.ones((len(q), 1), np.float32),
+                                               np.zeros((len(q), extra - 1), np.float32)]))
 
     def exact_scores(self, query: np.ndarray, items: np.ndarray) -> np.ndarray:
         s = self.weight[items] @ query
@@ -245,6 +252,15 @@ class ApproxIndex:
     def _set_search_params(self, extra: int) -> None:
         if self.kind == "hnsw":  # the candidate list grows by one place per excluded item
             self._index.hnsw.efSearch = self.ef_search + extra
+
+
+def _l2_reduced(points: np.ndarray) -> np.ndarray:
+    """(N, D + 1): each point with a last entry ``sqrt(M^2 - |x|^2)`` (M the largest norm), so that every point
+    has norm M and, for a query ``[y, 0]``, ``|[y, 0] - x'|^2 = |y|^2 + M^2 - 2 y.x``: the nearest points by L2
+    are the points of largest inner product."""
+    norms = np.einsum("ij,ij->i", points, points, dtype=np.float64)
+    extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype(np.float32)
+    return np.hstack([points, extra[:, None]]).astype(np.float32, copy=False)
 
 
 def build_index(weight: np.ndarray, bias: np.ndarray | None, mode: str) -> ApproxIndex | None:
