@@ -34,7 +34,7 @@ STATUSES = {
     ("/v1/users/{user_id}/recommendations", "get"): {"200", "404", "413", "422", "503"},
     ("/v1/recommendations", "post"): {"200", "400", "413", "422"},
     ("/v1/items/{item_id}/similar", "get"): {"200", "404", "413", "422"},
-    ("/v1/users", "get"): {"200", "401", "413", "422", "503"},
+    ("/v1/users", "get"): {"200", "401", "409", "413", "422", "503"},  # 409: ids pseudonymised
     ("/v1/users/{user_id}/history", "get"): {"200", "401", "404", "413", "422", "503"},
     ("/healthz", "get"): {"200", "413", "503"},
     ("/metrics", "get"): {"200", "413"},
