@@ -4,7 +4,7 @@
 
 Times seqrec's `evaluate` (tiled comparisons, 256-user batches ranked side by side by `--threads`
 threads, each op single-threaded) and, in the same run, the same `evaluate` with one batch at a
-time on `--threads` intra-op threads (the session-3 path), and a plain reference (1024-user
+time on `--threads` intra-op threads (the path of the earlier evaluation code), and a plain reference (1024-user
 batches, whole-row comparisons) that computes the same ranks. Scores come from an untrained
 SASRec: only speed is measured here, and all paths must agree exactly.
 """

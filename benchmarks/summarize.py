@@ -89,7 +89,7 @@ def quality_table() -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted((ROOT / "results").glob("*.json")):
         r = json.loads(path.read_text())
-        if "test" not in r:
+        if "test" not in r or "loss" not in r:  # run.py's files only (other benchmarks report tests too)
             continue
         t = r["test"]
         rows.append(
@@ -197,6 +197,8 @@ def serving_table() -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted((ROOT / "results").glob("serving-*.json")):
         r = json.loads(path.read_text())
+        if "latency" not in r:  # serving_breakdown.py and serving_state.py measure stages, not load
+            continue
         lat, serve = r["latency"], r.get("serve_command") or ""
         workers = next((a.split("=", 1)[1] for a in serve.split() if a.startswith("--workers=")), "1")
         gil = next((a.split("=", 1)[1] for a in serve.split() if a.startswith("--gil-switch-ms=")), "5 (default)")
@@ -215,6 +217,8 @@ def scale_table() -> str:
             "|---|---|---|---|---|---|---|---|"]
     for path in sorted((ROOT / "results").glob("scale-*.json")):
         r = json.loads(path.read_text())
+        if "seconds" not in r:  # scale.py --prepare files: described in their own section
+            continue
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items())
         rows.append(f"| {r['rows']:,} | {r['kept']:,} | {r['users']:,} | {r['items']:,} | {stages} | "
                     f"{r['peak_rss_mb']:,.0f} | {r.get('ran_beside') or 'not noted'} | `{r['command']}` |")
