@@ -264,7 +264,7 @@ class ServingMiddleware:
                 response = error(413, f"request body larger than {self.max_body} bytes; send smaller batches")
                 await response(scope, receive, send_with_header)
             else:
-                await self.app(scope, _replay(body, receive), send_with_header)
+                await self.app(scope, replay_body(body, receive), send_with_header)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - start)
@@ -290,7 +290,8 @@ class ServingMiddleware:
         return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that first gives the whole ``body`` (already read), then the client's later messages."""
     sent = False
 
     async def replay() -> Message:

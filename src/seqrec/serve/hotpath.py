@@ -23,9 +23,9 @@ import re
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from seqrec.serve.api import CLIENT_CLOSED, MODEL_VERSION_HEADER, error
+from seqrec.serve.api import CLIENT_CLOSED, MODEL_VERSION_HEADER, error, replay_body
 from seqrec.serve.index import ExternalId
 from seqrec.serve.routes.deps import CLIENT_GONE, ClientGone, await_scored
 from seqrec.serve.schemas import INT64_MAX, INT64_MIN, MAX_EVENTS, MAX_K, EventsOut, UserRecommendationsOut
@@ -171,7 +171,7 @@ class HotPath:
         middleware marks it. A body declared past the limit is sent on unread, for that middleware's 413."""
         if gone:
             scope[CLIENT_GONE] = True
-        await self.app(scope, receive if body is None else _replay(body, receive), send)
+        await self.app(scope, receive if body is None else replay_body(body, receive), send)
 
     async def _answer(self, send: Send, status: int, body: bytes, media_type: bytes | None, version: str) -> None:
         headers = [(b"content-length", str(len(body)).encode())]
@@ -280,16 +280,3 @@ def _events(body: bytes) -> list[EventInput] | None:
         return None if any(e is None for e in events) else events  # type: ignore[return-value]
     event = _event(data)
     return None if event is None else [event]
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
