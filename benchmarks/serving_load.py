@@ -403,7 +403,7 @@ def report(args: argparse.Namespace, tally: Tally, measured: float, health: dict
         "latency_by_op": {op: percentiles(v) | {"count": len(v)} for op, v in tally.latencies.items()},
         "mean_score_batch": round(metrics.get("seqrec_score_batch_size_sum", 0.0) / batches, 2) if batches else None,
         "cpu": {"server_cores": round(server_cores, 2), "load_generator_cores": round(own_cores, 2),
-                "over": "the whole load, warm-up included (files written before this field existed divided by the measured seconds only)",
+                "over": "the whole load, warm-up included (earlier files divided by the measured seconds only)",
                 "machine_cores": os.cpu_count()},
         "target": {"rps": args.target_rps, "p99_ms": args.target_p99_ms, "errors": 0},
         "target_met": rps >= args.target_rps and lat.get("p99_ms", 1e9) < args.target_p99_ms and n_err == 0,

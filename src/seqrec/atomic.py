@@ -7,9 +7,12 @@ folders 0700), whoever wrote it; a rename keeps modes, so the target is private 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +78,14 @@ def make_private(root: Path) -> None:
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Replace ``final`` with ``tmp``; a reader sees the old or the new directory, never half."""
+    """Replace ``final`` with ``tmp``; a reader sees the old or the new directory, never half, and never
+    neither. On Linux the two are swapped in one step (``renameat2`` with ``RENAME_EXCHANGE``); elsewhere the
+    old one is moved aside to ``.NAME.old`` first, and a commit cut between the two renames is repaired by the
+    next one (:func:`restore_dir`) instead of losing the old directory."""
+    restore_dir(final)
+    if final.exists() and _exchange(tmp, final):
+        shutil.rmtree(tmp)  # it holds the old directory now
+        return
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -84,3 +94,33 @@ def commit_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def restore_dir(final: Path) -> bool:
+    """Put back ``.NAME.old`` when ``final`` is missing (a commit cut between its two renames): True if it did."""
+    old = final.with_name(f".{final.name}.old")
+    if final.exists() or not old.is_dir():
+        return False
+    os.replace(old, final)
+    return True
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False where the platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28, some others)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
