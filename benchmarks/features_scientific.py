@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import train_cli  # noqa: E402
+
 DATA = Path(os.environ.get("SEQREC_DATA_ROOT", ROOT / ".." / "shared" / "data")) / "amazon-scientific-unisrec"
 SETTINGS = ["--model", "sasrec", "--dim", "256", "--n-layers", "2", "--dropout", "0.4", "--lr", "1e-3",
             "--schedule", "cosine", "--warmup-steps", "100"]
@@ -58,17 +61,10 @@ def run(mode: str, log: Path, text: Path, work: Path, epochs: int, threads: int,
            "--device", "cpu", "--out", str(out), "--force", *extra]
     if mode != "id":
         cmd += ["--item-text", str(text), "--text-cols", "text", "--item-mode", mode]
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"{mode}: exit {proc.returncode}")
-    info = json.loads((out / "info.json").read_text())
-    test = {k: info.get("test_metrics", {}).get(k) for k in ("NDCG@10", "HR@10", "NDCG@20", "HR@20")}
-    return {"mode": mode, "command": " ".join(cmd), "seconds": round(seconds, 1), "test": test,
-            "best_epoch": info.get("best_epoch"), "n_parameters": info.get("n_parameters")}
+    done = train_cli.train(cmd, out, threads, mode)
+    summary = done.summary()
+    return {"mode": mode, "command": summary["command"], "seconds": summary["seconds"], "test": summary["test"],
+            "best_epoch": summary["best_epoch"], "n_parameters": done.info.get("n_parameters")}
 
 
 def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:
