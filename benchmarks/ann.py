@@ -13,10 +13,10 @@ Two catalogs:
 
 For each index setting the script builds a :class:`seqrec.serve.ann.ApproxIndex` once (build seconds,
 serialised index bytes, peak RSS growth), then for each search setting (``--ef-search`` for HNSW,
-``--nprobe`` for IVF-PQ) times one query at a time (batch 1, one thread) through ``ApproxIndex.search``,
-the call the service makes, and a batch of 64 for throughput. Exact scoring is timed the way the service
-does it (torch: ``q @ W.T + b``, excluded items at -inf, top-k) on the same queries, in the same run.
-Recall@10 is the fraction of each query's exact top 10 (after exclusions) that the index returns.
+``--nprobe`` for IVF-PQ, ``--refine`` for PQ) times one query at a time (batch 1, one thread) through
+``ApproxIndex.search``, the call the service makes, and a batch of 64 for throughput. Exact scoring is timed
+the way the service does it (torch: ``q @ W.T + b``, excluded items at -inf, top-k) on the same queries, in the
+same run. Recall@10 is the fraction of each query's exact top 10 (after exclusions) that the index returns.
 
     python benchmarks/ann.py artifact --artifact runs/beauty-sasrec --name beauty
     python benchmarks/ann.py synthetic --items 1000000 --name synthetic-1m
@@ -242,8 +242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for build in args.build:
         given = parse_params(build)
         params = default_params(n_items, kind) | given
-        search_key = "ef_search" if kind == "hnsw" else "nprobe"
-        sweep = (args.ef_search if kind == "hnsw" else args.nprobe) or [params[search_key]]
+        search_key = {"hnsw": "ef_search", "ivfpq": "nprobe", "pq": "refine_factor"}[kind]
+        sweep = {"hnsw": args.ef_search, "ivfpq": args.nprobe, "pq": args.refine}[kind] or [params[search_key]]
         if search_key in given:  # a build that names its search setting is measured at that one
             sweep = [given[search_key]]
         faiss.omp_set_num_threads(args.build_threads)
@@ -290,12 +290,14 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--exact-queries", type=int, default=300, help="queries timed on the exact path")
-    p.add_argument("--kind", choices=("hnsw", "ivfpq"), help="default: what --index approx picks for the size")
+    p.add_argument("--kind", choices=("hnsw", "pq", "ivfpq"), help="default: what --index approx picks for the size")
     p.add_argument("--build", nargs="+", default=[""],
                    help="index settings to build, e.g. hnsw_m=32,ef_construction=200 (empty: what --index auto uses; "
                    "one that names ef_search or nprobe is measured at that value only)")
     p.add_argument("--ef-search", type=int, nargs="*", default=[], help="HNSW efSearch values to measure")
     p.add_argument("--nprobe", type=int, nargs="*", default=[], help="IVF-PQ nprobe values to measure")
+    p.add_argument("--refine", type=int, nargs="*", default=[],
+                   help="PQ: candidates per wanted item (re-ranked exactly) to measure")
     p.add_argument("--build-threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, help="keep the built indexes there (as seqrec serve's ANN cache does)")

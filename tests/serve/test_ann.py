@@ -154,6 +154,52 @@ def test_ivfpq_nprobe_is_a_search_setting(catalog: tuple[np.ndarray, np.ndarray,
         hnsw.set_search(nprobe=4)
 
 
+@pytest.fixture(scope="module")
+def pq(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
+    """The flat 4-bit PQ scan --index auto uses from 100k items, here on the 20k-item table."""
+    weight, bias, _ = catalog
+    return ApproxIndex(weight, bias, "pq")
+
+
+def test_pq_recall_and_exact_scores(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], pq: ApproxIndex) -> None:
+    weight, bias, queries = catalog
+    found = pq.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    assert all(len(items) == K for items in found.items)
+    assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.99
+    row = found.items[3]
+    np.testing.assert_allclose(found.scores[3], weight[row] @ queries[3] + bias[row], rtol=1e-5, atol=1e-5)
+    assert pq.dim % 2 == 0 and pq.dim == pq.faiss_index.M  # one dimension per 4-bit code, an even number
+
+
+def test_pq_refine_factor_is_a_search_setting(catalog: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                              pq: ApproxIndex, hnsw: ApproxIndex) -> None:
+    """Fewer candidates re-ranked, lower recall; the exclusions still hold at the narrowest setting."""
+    weight, bias, queries = catalog
+    excluded = [np.concatenate([[0], top]) for top in exact_top(weight, bias, queries, 20)]
+    truth = exact_top(weight, bias, queries, K, excluded)
+    pq.set_search(refine_factor=1)
+    narrow = pq.search(queries, K, excluded)
+    pq.set_search(refine_factor=default_params(N_ITEMS, "pq")["refine_factor"])
+    wide = pq.search(queries, K, excluded)
+    assert recall(wide.items, truth) > recall(narrow.items, truth)
+    assert recall(wide.items, truth) >= 0.98
+    for items, ex in zip(narrow.items, excluded, strict=True):
+        assert len(items) == K and not np.isin(items, ex).any()
+    with pytest.raises(SeqrecError, match="refine_factor"):
+        hnsw.set_search(refine_factor=4)
+
+
+def test_pq_wide_table_takes_two_dimensions_per_code() -> None:
+    """A 256-wide table (257 folded) pads to 260 columns: 130 sub-quantisers of two dimensions each."""
+    rng = np.random.default_rng(2)
+    weight = np.vstack([np.zeros((1, 256)), rng.normal(size=(3000, 256))]).astype(np.float32)
+    index = ApproxIndex(weight, None, "pq")
+    assert (index.dim, index.faiss_index.M) == (260, 130)
+    queries = rng.normal(size=(20, 256)).astype(np.float32)
+    found = index.search(queries, K, [np.zeros(0, np.int64)] * 20)
+    assert recall(found.items, exact_top(weight, None, queries, K)) >= 0.95
+
+
 def test_defaults_by_catalog_size() -> None:
     """--index approx|auto builds with default_params: more links and a wider search below 100k items."""
     assert default_params(20_000, "hnsw") == HNSW_SMALL
@@ -170,7 +216,10 @@ def test_choose_kind_by_catalog_size() -> None:
     assert choose_kind(10_000, "exact") == "exact"
     assert choose_kind(10_000, "auto") == "exact"
     assert choose_kind(10_000, "approx") == "hnsw"
-    assert choose_kind(1_000_000, "auto") == "hnsw"
+    assert choose_kind(99_999, "approx") == "hnsw"
+    assert choose_kind(100_000, "approx") == "pq"
+    assert choose_kind(1_000_000, "auto") == "pq"
+    assert choose_kind(4_999_999, "auto") == "pq"
     assert choose_kind(10_000_000, "auto") == "ivfpq"
     assert build_index(np.zeros((11, 4), np.float32), None, "auto") is None
 
@@ -280,3 +329,20 @@ def test_serve_takes_an_index_kind(tmp_path: Path) -> None:
     table = np.random.default_rng(0).normal(size=(101, 8)).astype(np.float32)
     with pytest.raises(SeqrecError, match="at least 1,000 items"):  # too few to train its quantisers
         build_index(table, None, "ivfpq")
+    settings = settings_from_args(build_parser().parse_args(["serve", str(tmp_path), "--index", "pq"]), {})
+    built = build_index(table, None, settings.index)
+    assert built is not None and built.kind == "pq"
+    query = table[1:4] + 0.01
+    np.testing.assert_array_equal(np.stack(built.search(query, 5, [np.zeros(0, np.int64)] * 3).items),
+                                  exact_top(table, None, query, 5))
+
+
+def test_pq_index_is_cached(tmp_path: Path, catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    weight, bias, queries = catalog
+    weight, bias = weight[:3001], bias[:3001]
+    first = ApproxIndex(weight, bias, "pq", cache_dir=tmp_path)
+    again = ApproxIndex(weight, bias, "pq", cache_dir=tmp_path)
+    assert not first.from_cache and again.from_cache
+    none = [np.zeros(0, np.int64)] * len(queries)
+    for a, b in zip(first.search(queries, K, none).items, again.search(queries, K, none).items, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -8,6 +8,12 @@ its lists (k-means) and codes (product quantisation) are built for L2, and by in
 around the few centroids of largest norm (measured on a 1M-item catalog: recall@10 0.69 at nprobe 125, see
 benchmarks/results/ann-synthetic-1m-ivfpq.json). Padding (row 0) is never indexed.
 
+Three kinds. ``pq``: a flat scan of 4-bit product-quantisation codes (FAISS fast-scan; one or two dimensions
+per sub-quantiser, so a 1M x 64 table takes 34 bytes an item), by inner product, proposing ``refine_factor``
+candidates per wanted item; builds in seconds and its cost grows with the catalog, so it is the choice up to
+IVFPQ_FROM items. ``hnsw``: a graph (minutes to build at 1M items; what ``--index approx`` picks for small
+catalogs). ``ivfpq``: inverted lists, so a search scans a fraction of the catalog (from IVFPQ_FROM items).
+
 The index only proposes candidates: their scores are recomputed exactly from the item table, so a
 returned score is the exact score of that item. Excluded items (seen, banned) are removed after the
 search; the search over-fetches by their number, and when the approximate search still leaves fewer
@@ -32,7 +38,7 @@ from seqrec.errors import SeqrecError
 INDEX_MODES = ("exact", "approx", "auto")
 AUTO_EXACT_BELOW = 100_000  # items: below this, exact scoring is as fast as a graph search on a CPU
 IVFPQ_MIN_ITEMS = 1_000  # fewer cannot train the IVF lists and the 256-code quantisers; HNSW or exact does
-IVFPQ_FROM = 5_000_000  # items: from here the HNSW graph (~ N * (4 * 2 * M + 4 * D) bytes) gets too large
+IVFPQ_FROM = 5_000_000  # items: from here a flat scan of every code gets slower than probing IVF lists
 # HNSW defaults (what --index approx and auto build; benchmarks/ann.py measured them, docs/serving.md has the
 # numbers): below AUTO_EXACT_BELOW (reached only with --index approx) the graph is cheap to build, so it gets
 # more links and a wider search, which a trained 256-wide table needs for recall@10 >= 0.99; from there the
@@ -46,6 +52,8 @@ class HnswParams(TypedDict):
 HNSW_SMALL = HnswParams(hnsw_m=64, ef_construction=400, ef_search=1024)
 HNSW_LARGE = HnswParams(hnsw_m=32, ef_construction=200, ef_search=128)
 REFINE_FACTOR = 8
+PQ_REFINE_FACTOR = 128  # pq: candidates per wanted item, re-ranked exactly (recall@10 >= 0.99 at 1M items)
+PQ_WIDE_FROM = 128  # folded widths from here get two dimensions per sub-quantiser (one below)
 
 
 log = logging.getLogger(__name__)
@@ -59,13 +67,18 @@ def import_faiss() -> Any:
     return faiss
 
 
+ANN_KINDS = ("hnsw", "pq", "ivfpq")
+
+
 def choose_kind(n_items: int, mode: str) -> str:
-    """``exact``, ``hnsw`` or ``ivfpq`` for a catalog of ``n_items`` under ``--index mode``."""
+    """``exact``, ``hnsw``, ``pq`` or ``ivfpq`` for a catalog of ``n_items`` under ``--index mode``."""
     if mode not in INDEX_MODES:
         raise SeqrecError(f"--index {mode!r}: choose one of {', '.join(INDEX_MODES)}")
     if mode == "exact" or (mode == "auto" and n_items < AUTO_EXACT_BELOW):
         return "exact"
-    return "ivfpq" if n_items >= IVFPQ_FROM else "hnsw"
+    if n_items >= IVFPQ_FROM:
+        return "ivfpq"
+    return "pq" if n_items >= AUTO_EXACT_BELOW else "hnsw"
 
 
 def default_n_list(n_items: int) -> int:
@@ -82,7 +95,9 @@ def default_params(n_items: int, kind: str) -> dict[str, int]:
     if kind == "ivfpq":
         n_list = default_n_list(n_items)
         return {"n_list": n_list, "nprobe": max(8, n_list // 32), "refine_factor": REFINE_FACTOR}
-    raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
+    if kind == "pq":
+        return {"refine_factor": PQ_REFINE_FACTOR}
+    raise SeqrecError(f"unknown ANN index kind {kind!r}: {', '.join(ANN_KINDS)}")
 
 
 def cache_dir() -> Path | None:
@@ -113,7 +128,7 @@ class ApproxIndex:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, kind: str = "hnsw", *,
                  hnsw_m: int | None = None, ef_construction: int | None = None, ef_search: int | None = None,
-                 n_list: int | None = None, nprobe: int | None = None, refine_factor: int = REFINE_FACTOR,
+                 n_list: int | None = None, nprobe: int | None = None, refine_factor: int | None = None,
                  seed: int = 0, cache_dir: Path | None = None) -> None:
         """Settings left out take :func:`default_params` for this catalog size. With ``cache_dir`` the built
         index is kept there under a digest of the table and the build settings, and read back next time."""
@@ -123,8 +138,8 @@ class ApproxIndex:
         self.n_items = int(self.weight.shape[0]) - 1
         if self.n_items < 1:
             raise SeqrecError("the item table is empty: nothing to index")
-        if kind not in ("hnsw", "ivfpq"):
-            raise SeqrecError(f"unknown ANN index kind {kind!r}: hnsw or ivfpq")
+        if kind not in ANN_KINDS:
+            raise SeqrecError(f"unknown ANN index kind {kind!r}: {', '.join(ANN_KINDS)}")
         if kind == "ivfpq" and self.n_items < IVFPQ_MIN_ITEMS:  # its quantisers need that many training points
             raise SeqrecError(f"an IVF-PQ index needs at least {IVFPQ_MIN_ITEMS:,} items and this catalog has "
                               f"{self.n_items:,}; use --index hnsw or exact")
@@ -132,9 +147,16 @@ class ApproxIndex:
         hnsw = default_params(self.n_items, "hnsw")
         self.ef_search = ef_search or hnsw["ef_search"]
         self.n_list = (n_list or default_n_list(self.n_items)) if kind == "ivfpq" else 0  # IVF lists
+        self.refine_factor = refine_factor or (PQ_REFINE_FACTOR if kind == "pq" else REFINE_FACTOR)
         self.fallbacks = 0  # rows rescored exactly because the search left fewer than k after exclusions
         points = self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None)
-        points = np.ascontiguousarray(_l2_reduced(points) if kind == "ivfpq" else points)
+        if kind == "ivfpq":
+            points = _l2_reduced(points)
+        elif kind == "pq":  # zero columns up to a whole number of sub-quantisers, an even number of them
+            step = 4 if points.shape[1] >= PQ_WIDE_FROM else 2
+            points = np.hstack([points, np.zeros((len(points), -points.shape[1] % step), np.float32)])
+        points = np.ascontiguousarray(points)
+        self.extra = int(points.shape[1]) - int(self.weight.shape[1]) - 1  # query columns after [q, 1]: zeros
         self.dim = int(points.shape[1])
         build = {"kind": kind, "hnsw_m": hnsw_m or hnsw["hnsw_m"],
                  "ef_construction": ef_construction or hnsw["ef_construction"], "n_list": self.n_list, "seed": seed}
@@ -146,20 +168,24 @@ class ApproxIndex:
             self._write_cached(index)
         self._index = index
         if kind == "ivfpq":
-            index.k_factor = refine_factor
+            index.k_factor = self.refine_factor
             self._ivf = faiss.extract_index_ivf(index)
             self._ivf.nprobe = nprobe or max(8, self.n_list // 32)
 
     def _build(self, faiss: Any, points: np.ndarray, build: dict[str, Any]) -> Any:
         ip = faiss.METRIC_INNER_PRODUCT
+        rng = np.random.default_rng(build["seed"])
         if build["kind"] == "hnsw":
             index = faiss.IndexHNSWFlat(self.dim, build["hnsw_m"], ip)
             index.hnsw.efConstruction = build["ef_construction"]
+        elif build["kind"] == "pq":  # codes only: the candidates are re-ranked from the item table itself
+            width = 2 if self.dim >= PQ_WIDE_FROM else 1
+            index = faiss.IndexPQFastScan(self.dim, self.dim // width, 4, ip)
+            index.train(points[rng.choice(len(points), size=min(len(points), 200_000), replace=False)])
         else:
             m = max(d for d in range(1, 33) if self.dim % d == 0)  # PQ sub-quantisers must divide the width
             ivf = faiss.IndexIVFPQ(faiss.IndexFlatL2(self.dim), self.dim, self.n_list, m, 8)  # L2: see _l2_reduced
             index = faiss.IndexRefineFlat(ivf)  # PQ proposes, the exact vectors rerank
-            rng = np.random.default_rng(build["seed"])
             index.train(points[rng.choice(len(points), size=min(len(points), 64 * self.n_list), replace=False)])
         index.add(points)
         return index
@@ -198,10 +224,18 @@ class ApproxIndex:
         """The FAISS index itself (for measuring it; searches go through :meth:`search`)."""
         return self._index
 
-    def set_search(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        """Change the search-time setting: HNSW ``ef_search`` (a floor; see :meth:`search`), IVF ``nprobe``."""
+    def set_search(self, ef_search: int | None = None, nprobe: int | None = None,
+                   refine_factor: int | None = None) -> None:
+        """Change a search-time setting: HNSW ``ef_search`` (a floor; see :meth:`search`), IVF ``nprobe``, or the
+        candidates per wanted item that PQ proposes for exact re-ranking (``refine_factor``; pq and ivfpq)."""
         if ef_search is not None:
             self.ef_search = ef_search
+        if refine_factor is not None:
+            if self.kind == "hnsw":
+                raise SeqrecError("refine_factor applies to a pq or ivfpq index only")
+            self.refine_factor = refine_factor
+            if self.kind == "ivfpq":
+                self._index.k_factor = refine_factor
         if nprobe is not None:
             if self.kind != "ivfpq":
                 raise SeqrecError("nprobe applies to an IVF-PQ index only")
@@ -215,10 +249,9 @@ class ApproxIndex:
     def _queries(self, query: np.ndarray) -> np.ndarray:
         q = np.asarray(query, dtype=np.float32)
         # [q, 1] . [v, b] = q.v + b (without a bias the items' last entry is 1: q.v + 1 ranks as q.v does); IVF-PQ's
-        # items carry one more entry (see _l2_reduced), which the query's 0 leaves out of the product
-        extra = 2 if self.kind == "ivfpq" else 1
+        # and PQ's items carry more entries (see _l2_reduced, and the padding), which the query's zeros leave out
         return np.ascontiguousarray(np.hstack([q, np.ones((len(q), 1), np.float32),
-                                               np.zeros((len(q), extra - 1), np.float32)]))
+                                               np.zeros((len(q), self.extra), np.float32)]))
 
     def exact_scores(self, query: np.ndarray, items: np.ndarray) -> np.ndarray:
         s = self.weight[items] @ query
@@ -229,7 +262,11 @@ class ApproxIndex:
         n_rows = len(query)
         fetch = min(self.n_items, k + max((len(np.unique(e)) for e in excluded), default=0))
         self._set_search_params(fetch - k)
-        _, found = self._index.search(self._queries(query), fetch)
+        # pq: refine_factor candidates per place fetched. The excluded items (a user's history) sit near the query
+        # and take places among the best-coded candidates, so they need the same margin (measured: 0.9884 at
+        # 512 per wanted item plus one per excluded, 0.9908 at 128 per place, 1M items)
+        asked = min(self.n_items, fetch * self.refine_factor) if self.kind == "pq" else fetch
+        _, found = self._index.search(self._queries(query), asked)
         out_items: list[np.ndarray] = []
         out_scores: list[np.ndarray] = []
         for row in range(n_rows):
@@ -268,7 +305,7 @@ def build_index(weight: np.ndarray, bias: np.ndarray | None, mode: str) -> Appro
     also name the kind (``hnsw``, ``ivfpq``: a model that extends a served one keeps its kind). Indexes of
     catalogs from AUTO_EXACT_BELOW items, whose builds take minutes, are cached (see :func:`cache_dir`)."""
     n_items = int(weight.shape[0]) - 1
-    kind = mode if mode in ("hnsw", "ivfpq") else choose_kind(n_items, mode)
+    kind = mode if mode in ANN_KINDS else choose_kind(n_items, mode)
     if kind == "exact":
         return None
     cache = cache_dir() if n_items >= AUTO_EXACT_BELOW else None

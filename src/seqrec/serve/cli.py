@@ -63,10 +63,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="how long a thread holds Python's interpreter lock before handing it over to the "
                    "HTTP loop or the scorer (default: Python's 5; 0.5 measured within noise of it)")
     p.add_argument("--device", default="cpu", help="where the model scores: cpu (default), cuda or cuda:N")
-    p.add_argument("--index", choices=("exact", "approx", "auto", "hnsw", "ivfpq"), default="exact",
-                   help="top-K search: exact (every item scored, equal to offline; default), approx (FAISS: HNSW, "
-                   "IVF-PQ from 5M items; needs pip install 'seqrec[ann]'), auto (approx from 100k items), hnsw or "
-                   "ivfpq (that index whatever the catalog size)")
+    p.add_argument("--index", choices=("exact", "approx", "auto", "hnsw", "pq", "ivfpq"), default="exact",
+                   help="top-K search: exact (every item scored, equal to offline; default), approx (FAISS: HNSW "
+                   "below 100k items, a 4-bit PQ scan with exact re-ranking up to 5M, IVF-PQ above; needs pip install "
+                   "'seqrec[ann]'), auto (approx from 100k items), hnsw, pq or ivfpq (that index whatever the "
+                   "catalog size)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="what encodes histories: torch (default) or onnxruntime (the encoder exported to ONNX at "
                    "start-up, on the CPU; needs pip install 'seqrec[onnx]')")

@@ -56,8 +56,8 @@ class ServeSettings:
     # loop and the scorer thread hand it back and forth, and every wait adds to a request's latency.
     gil_switch_ms: float = 5.0
     device: str = "cpu"  # where the model scores: cpu, cuda or cuda:N
-    # top-K: exact (every item scored; equals offline), approx (FAISS HNSW / IVF-PQ), auto (approx from
-    # AUTO_EXACT_BELOW items), hnsw or ivfpq (that kind of approximate index, whatever the catalog size)
+    # top-K: exact (every item scored; equals offline), approx (FAISS HNSW / PQ / IVF-PQ by catalog size), auto
+    # (approx from AUTO_EXACT_BELOW items), hnsw, pq or ivfpq (that kind of approximate index, whatever the size)
     index: str = "exact"
     backend: str = "torch"  # what encodes histories: torch, or onnxruntime (the encoder exported at start-up)
     # Connection limits, per worker process (uvicorn has none of the first three by default):
@@ -82,8 +82,8 @@ class ServeSettings:
             raise SeqrecError("--max-score-batch, --torch-threads and --workers must be >= 1")
         if not 0.01 <= self.gil_switch_ms <= 1000:
             raise SeqrecError(f"--gil-switch-ms must be between 0.01 and 1000, got {self.gil_switch_ms}")
-        if self.index not in ("exact", "approx", "auto", "hnsw", "ivfpq"):
-            raise SeqrecError(f"--index {self.index!r}: choose exact, approx, auto, hnsw or ivfpq")
+        if self.index not in ("exact", "approx", "auto", "hnsw", "pq", "ivfpq"):
+            raise SeqrecError(f"--index {self.index!r}: choose exact, approx, auto, hnsw, pq or ivfpq")
         if self.backend not in ("torch", "onnxruntime"):
             raise SeqrecError(f"--backend {self.backend!r}: choose torch or onnxruntime")
         if not self.store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
