@@ -13,9 +13,11 @@ import torch
 pytest.importorskip("opacus")
 from opacus.accountants import RDPAccountant
 
+from seqrec.data.features import Column, FeatureSchema, FeatureTensors
 from seqrec.data.split import Split, leave_one_out
 from seqrec.datasets.synthetic import markov_dataset
 from seqrec.errors import SeqrecError
+from seqrec.items.features import TowerSpec, build_with_tower
 from seqrec.losses import LossConfig, NegativeSampler
 from seqrec.models.base import SequenceModel
 from seqrec.models.registry import build_model, make_config
@@ -63,6 +65,66 @@ def test_batched_path_gives_the_reference_clipped_sum(model: str, extra: dict[st
     for a, b in zip(ref, fast, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert sorted(losses) == pytest.approx(sorted(ref_losses), rel=1e-5)
+
+
+TEXT_DIM = 6
+SCHEMA = FeatureSchema((Column("brand", "cat", ("a", "b", "c"), width=2), Column("price", "num")))
+
+
+def feature_model(mode: str, **extra: Any) -> SequenceModel:
+    """A tiny sasrec whose item tower reads public per-item data: random text vectors (the last column the
+    "no text" flag) and/or one two-valued categorical column and one numeric column."""
+    gen = torch.Generator().manual_seed(1)
+    rows = N_ITEMS + 1
+    text = torch.cat([torch.randn(rows, TEXT_DIM, generator=gen), torch.zeros(rows, 1)], dim=1)
+    text[0] = 0.0
+    cat = torch.randint(0, 5, (rows, 2), generator=gen)
+    cat[0] = 0
+    num = torch.cat([torch.randn(rows, 1, generator=gen), torch.zeros(rows, 1)], dim=1)
+    uses_text = "text" in mode
+    spec = TowerSpec(mode, schema=SCHEMA if "features" in mode else FeatureSchema(),
+                     text_dim=TEXT_DIM if uses_text else 0)
+    torch.manual_seed(0)
+    config = make_config("sasrec", n_items=N_ITEMS, max_len=5, dim=8, n_heads=1, n_layers=1, dropout=0.0, **extra)
+    return build_with_tower("sasrec", config, spec, FeatureTensors([cat], num), text if uses_text else None)
+
+
+@pytest.mark.parametrize("mode", ["text", "id+text", "features", "features+text"])
+@pytest.mark.parametrize("extra", [{}, {"tie_embeddings": False}])
+def test_feature_towers_give_the_reference_clipped_sum(mode: str, extra: dict[str, object]) -> None:
+    _, windows, cfg, _ = setup("sasrec")
+    net = feature_model(mode, **extra)
+    assert touched.supported(net, cfg)
+    rows = touched.TouchedRows(net, [p for p in net.parameters() if p.requires_grad], windows)
+    assert rows.buffer_names and (bool(rows.row_names) == mode.startswith("id"))
+    params = [p for p in net.parameters() if p.requires_grad]
+    sampler = FixedNegatives(N_ITEMS, "uniform")
+    users = np.arange(0, N_USERS, 2)
+    net.eval()
+    ref, ref_losses = dp.clipped_sum(net, windows, users, params, cfg, sampler, torch.Generator())
+    fast, norms, losses = rows.clipped_sum(users, NEGATIVES, sampler, cfg.loss.logq, cfg.privacy.clip)
+    assert max(norms) > cfg.privacy.clip  # the clip binds for some users
+    shared = [n for n, p in net.named_parameters() if p.requires_grad and "tower." in n and p.shape[0] != N_ITEMS + 1]
+    assert shared  # the projection (and attribute embeddings) are trained and shared by every item
+    for a, b in zip(ref, fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert sorted(losses) == pytest.approx(sorted(ref_losses), rel=1e-5)
+    for u in range(4):  # one user alone: their whole contribution is within the clip
+        total, one, _ = rows.clipped_sum(np.array([u]), NEGATIVES, sampler, True, cfg.privacy.clip)
+        norm = float(torch.stack([(g ** 2).sum() for g in total]).sum().sqrt())
+        assert norm <= cfg.privacy.clip * (1 + 1e-5)
+        assert norm == pytest.approx(min(one[0], cfg.privacy.clip), rel=1e-4)
+
+
+def test_text_tower_trains_on_the_batched_path() -> None:
+    net = feature_model("text")
+    _, _, cfg, split = setup("sasrec")
+    proj = net.tower.text_proj
+    assert isinstance(proj, torch.nn.Linear)
+    before = proj.weight.detach().clone()
+    result = fit(net, split, cfg, progress=False)
+    assert result.privacy["per_user_gradients"] == "batched, touched rows"
+    assert not torch.equal(proj.weight, before)
 
 
 def test_each_users_batched_contribution_is_clipped() -> None:

@@ -176,10 +176,17 @@ class FeatureTower(ItemTower):
         return x.reshape(*ids.shape, -1)  # (..., dim)
 
     def table(self) -> ItemTable:
-        ids = torch.arange(self.n_items + 1, device=self.id_emb.weight.device)
+        ids = torch.arange(self._table_rows(), device=self.id_emb.weight.device)
         inputs = self(ids)  # (N + 1, dim)
         return self._output(inputs, self.output.weight if self.output is not None and self.spec.uses_id else None,
                             self._bias())
+
+    def _table_rows(self) -> int:
+        """N + 1, read from the per-item tensors: a caller that swaps in a subset of their rows
+        (:mod:`seqrec.privacy.touched`, through ``functional_call``) gets the table of those rows."""
+        s = self.spec
+        held = self.id_emb.weight if s.uses_id else self.text if s.uses_text else self.num
+        return int(held.shape[0]) - self.config.extra_tokens
 
     def _bias(self) -> torch.Tensor | None:
         if isinstance(self.output, nn.Linear):

@@ -10,6 +10,13 @@ gradient is clipped to ``clip`` as a whole (encoder and rows together), the clip
 added into one ``(N + 1, D)`` sum with ``index_add_``, and noise is added as in
 :func:`seqrec.privacy.dp.private_step`, which computes the same clipped sum one user at a time and
 stays the reference (and the path for the losses this one does not cover).
+
+An item tower built from public item data (:class:`seqrec.items.features.FeatureTower`: modes ``text``,
+``features``, ``features+text`` and their ``id+`` forms) holds that data in frozen per-item buffers (the
+text vectors, the attribute indices). Those buffers are gathered the same way, so each user's local
+table is the tower applied to the rows they touch; the tower's trained parameters that every item shares
+(the text projection, the attribute embeddings) get a dense gradient per user and are clipped with the
+encoder's. Without an id part a user's gradient has no per-item rows at all.
 """
 
 from __future__ import annotations
@@ -48,21 +55,39 @@ class _Scorer(nn.Module):
 
 
 def item_row_names(model: SequenceModel) -> list[str]:
-    """Names (in ``model``) of the tensors with one row per item id: the item tables, an output bias."""
+    """Names (in ``model``) of the parameters with one row per item id: the item tables, an output bias."""
     rows = model.tower.n_items + 1
     return [f"tower.{n}" for n, p in model.tower.named_parameters() if p.dim() >= 1 and p.shape[0] == rows]
 
 
+def item_buffer_names(model: SequenceModel) -> list[str]:
+    """Names (in ``model``) of the tower's frozen buffers with one row per item id (a feature tower's text
+    vectors and attribute rows)."""
+    rows = model.tower.n_items + 1
+    return [f"tower.{n}" for n, b in model.tower.named_buffers() if b.dim() >= 1 and b.shape[0] == rows]
+
+
+def _rows_local(tower: nn.Module) -> bool:
+    """Whether the tower's catalog is a row-wise function of per-item tensors of N + 1 rows: an id tower
+    (its table), or a feature tower (its buffers, and its id table in the id+ modes)."""
+    from seqrec.items.features import FeatureTower
+
+    if isinstance(tower, FeatureTower) and not tower.spec.uses_id:
+        return True
+    id_emb = getattr(tower, "id_emb", None)
+    return isinstance(id_emb, nn.Embedding) and id_emb.weight.shape[0] == getattr(tower, "n_items", -2) + 1
+
+
 def supported(model: SequenceModel, cfg: TrainConfig) -> bool:
-    """Whether this path computes the step: sampled softmax with shared negatives, an id item tower without
-    extra tokens, no user features, no recurrent layer (sasrec and hstu; lstm and gru4rec take the
-    reference path)."""
+    """Whether this path computes the step: sampled softmax with shared negatives, an id or feature item
+    tower without extra tokens, no user features, no recurrent layer (sasrec and hstu; lstm and gru4rec take
+    the reference path)."""
     loss = cfg.loss
     tower = getattr(model, "tower", None)
     return (loss.name == "sampled" and loss.shared_negatives and loss.sampler != "in-batch"
-            and tower is not None and hasattr(tower, "id_emb") and tower.config.extra_tokens == 0
-            and tower.id_emb.weight.shape[0] == tower.n_items + 1
-            and "user_tower" not in model._modules and bool(item_row_names(model))
+            and tower is not None and tower.config.extra_tokens == 0 and _rows_local(tower)
+            and "user_tower" not in model._modules
+            and bool(item_row_names(model) or item_buffer_names(model))
             and not any(isinstance(m, nn.RNNBase) for m in model.modules()))  # packed RNNs do not vmap
 
 
@@ -103,6 +128,7 @@ class TouchedRows:
         self.model, self.windows = model, windows
         self.scorer = _Scorer(model)
         self.row_names = item_row_names(model)
+        self.buffer_names = item_buffer_names(model)
         train_ids = {id(p) for p in params}
         named = dict(model.named_parameters())
         self.trained = [n for n, p in named.items() if id(p) in train_ids]
@@ -156,6 +182,7 @@ class TouchedRows:
         with each user's norm before clipping and loss (users without windows add nothing)."""
         device = self.model.device
         named = dict(self.model.named_parameters())
+        buffers = dict(self.model.named_buffers())
         total = [torch.zeros_like(p) for p in self.params]
         norms: list[float] = []
         losses: list[float] = []
@@ -171,10 +198,12 @@ class TouchedRows:
             local_targets = local[:, 1 + m: 1 + 2 * m].view_as(targets)
             local_negs = local[:, 1 + 2 * m:]
             rows_d = rows.to(device)
-            # frozen tensors other than item rows are the module's own (functional_call leaves them)
+            # frozen tensors other than item rows are the module's own (functional_call leaves them); the
+            # per-item buffers are gathered like the rows, so the tower's table is that of the local rows
             shared = {n: named[n].detach() for n in self.trained if n not in self.row_names}
             row_trained = {n: named[n].detach()[rows_d] for n in self.trained if n in self.row_names}
             frozen_rows = {n: named[n].detach()[rows_d] for n in self.frozen if n in self.row_names}
+            frozen_rows |= {n: buffers[n][rows_d] for n in self.buffer_names}
             lq_t = lq_n = None
             if logq:
                 log_probs = sampler.log_probs.to(device)
