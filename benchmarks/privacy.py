@@ -15,6 +15,11 @@ score is a user's mean next-item loss over their training events (all but the la
   that user is scored by the log likelihood ratio (in / out).
 
     python benchmarks/privacy.py --dataset movielens-latest-small --lira 4 --threads 1
+
+``--dataset amazon-scientific-unisrec`` reads the UniSRec Scientific files through
+``features_scientific.prepare`` (a user-per-line log and the item text CSV, written under ``--work``); with
+``--item-mode text`` the item tower embeds only that public text (a frozen sentence embedding through a
+learned projection, no per-item parameter), so DP-SGD's noise covers the shared projection and the encoder.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import torch
 
 from seqrec.data.batch import SequenceBatch
 from seqrec.data.features import ItemFeaturesConfig
+from seqrec.data.io import ReadOptions, read_log
+from seqrec.data.preprocess import build_dataset
 from seqrec.data.split import leave_one_out
 from seqrec.datasets import load_dataset
 from seqrec.items.features import prepare_tower
@@ -50,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DP_KEYS = ("dim", "dropout", "loss", "negatives", "lr", "clip", "batch_users", "warmup_steps", "schedule", "epochs",
            "reference_path")
 NODP_KEYS = ("dim_nodp", "loss_nodp", "lr_nodp", "epochs_nodp")
-RUN_KEYS = ("model", "n_layers", "max_len", "threads", *DP_KEYS, *NODP_KEYS)  # each row: the settings it ran with
+# each row: the settings it ran with
+RUN_KEYS = ("model", "n_layers", "max_len", "threads", "item_mode", *DP_KEYS, *NODP_KEYS)
 
 
 def auc(members: np.ndarray, others: np.ndarray) -> float:
@@ -136,7 +144,9 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
         params["dropout"] = args.dropout
     rec = Recommender(args.model, cfg, **params)
     if args.item_mode != "id":
-        feats = ItemFeaturesConfig(item_features=str(args.item_features), item_mode=args.item_mode)
+        feats = ItemFeaturesConfig(item_features=None if args.item_features is None else str(args.item_features),
+                                   item_text=None if args.item_text is None else str(args.item_text),
+                                   text_cols=args.text_cols, item_mode=args.item_mode)
         rec.tower_inputs = prepare_tower(feats, train_data.items)
     t0 = time.perf_counter()
     if args.reference_path:  # the A/B baseline: every user's gradient one at a time
@@ -147,9 +157,27 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
     return rec, result, time.perf_counter() - t0
 
 
+SCIENTIFIC = "amazon-scientific-unisrec"
+
+
+def load(args: argparse.Namespace) -> Any:
+    """The dataset; Scientific from the user-per-line log features_scientific.prepare writes (its item text
+    CSV becomes --item-text when none is given)."""
+    if args.dataset != SCIENTIFIC:
+        return load_dataset(args.dataset, args.data_root)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import features_scientific
+
+    features_scientific.DATA = args.data_root / SCIENTIFIC
+    log, text = features_scientific.prepare(args.work)
+    if args.item_text is None and "text" in args.item_mode:
+        args.item_text = text
+    return build_dataset(read_log(log, ReadOptions(format="user-per-line")), name=SCIENTIFIC, source=str(log))
+
+
 def run_one(args: argparse.Namespace, setting: str) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset, args.data_root)
+    data = load(args)
     rng = np.random.default_rng(args.seed)
     members = np.sort(rng.choice(data.n_users, data.n_users // 2, replace=False))
     others = np.setdiff1d(np.arange(data.n_users), members)
@@ -212,8 +240,14 @@ def main() -> None:
                    help="tuning: report the validation split's metrics, no test metrics and no attacks")
     p.add_argument("--reference-path", action="store_true",
                    help="DP: compute per-user gradients one user at a time even where the batched path applies")
-    p.add_argument("--item-mode", default="id", help="id, or features (item vectors from --item-features only)")
+    p.add_argument("--item-mode", default="id", help="id, features (item vectors from --item-features only), "
+                   "text (from --item-text only) or another seqrec item mode")
     p.add_argument("--item-features", type=Path, default=None, help="public item attribute file")
+    p.add_argument("--item-text", type=Path, default=None,
+                   help=f"public item text file (default for {SCIENTIFIC}: the CSV prepared under --work)")
+    p.add_argument("--text-cols", default=None, help="comma-separated text columns of --item-text (default: all)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-privacy-scientific"),
+                   help=f"{SCIENTIFIC}: where the log and text CSV are written")
     p.add_argument("--settings", default="init,0,1,4,8",
                    help="comma-separated: init (the untrained control), 0 (no DP), epsilons")
     p.add_argument("--epochs", type=int, default=20, help="epochs with DP")
