@@ -175,18 +175,38 @@ def test_pq_refine_factor_is_a_search_setting(catalog: tuple[np.ndarray, np.ndar
                                               pq: ApproxIndex, hnsw: ApproxIndex) -> None:
     """Fewer candidates re-ranked, lower recall; the exclusions still hold at the narrowest setting."""
     weight, bias, queries = catalog
-    excluded = [np.concatenate([[0], top]) for top in exact_top(weight, bias, queries, 20)]
+    excluded = [np.concatenate([[0], top]) for top in exact_top(weight, bias, queries, 5)]
     truth = exact_top(weight, bias, queries, K, excluded)
+    pq.fallbacks = 0
     pq.set_search(refine_factor=1)
     narrow = pq.search(queries, K, excluded)
     pq.set_search(refine_factor=default_params(N_ITEMS, "pq")["refine_factor"])
     wide = pq.search(queries, K, excluded)
+    assert pq.fallbacks == 0  # both went through the index
     assert recall(wide.items, truth) > recall(narrow.items, truth)
     assert recall(wide.items, truth) >= 0.98
     for items, ex in zip(narrow.items, excluded, strict=True):
         assert len(items) == K and not np.isin(items, ex).any()
     with pytest.raises(SeqrecError, match="refine_factor"):
         hnsw.set_search(refine_factor=4)
+
+
+def test_a_row_excluding_much_of_the_catalog_is_scored_exactly(
+        catalog: tuple[np.ndarray, np.ndarray, np.ndarray], pq: ApproxIndex) -> None:
+    """A user who has seen thousands of items would make the index propose a large part of the catalog: that
+    row is scored exactly instead, the other rows of the batch still go through the index."""
+    weight, bias, queries = catalog
+    q = queries[:3]
+    heavy = np.concatenate([[0], exact_top(weight, bias, q[1:2], 3000)[0]])
+    excluded = [np.zeros(0, np.int64), heavy, np.array([0, 7, 9])]
+    pq.fallbacks = 0
+    found = pq.search(q, K, excluded)
+    assert pq.fallbacks == 1
+    np.testing.assert_array_equal(found.items[1], exact_top(weight, bias, q[1:2], K, [heavy])[0])
+    row = found.items[1]
+    np.testing.assert_allclose(found.scores[1], weight[row] @ q[1] + bias[row], rtol=1e-5, atol=1e-5)
+    for items, ex in zip(found.items, excluded, strict=True):
+        assert len(items) == K and not np.isin(items, ex).any()
 
 
 def test_pq_wide_table_takes_two_dimensions_per_code() -> None:

@@ -253,38 +253,61 @@ class ApproxIndex:
         return np.ascontiguousarray(np.hstack([q, np.ones((len(q), 1), np.float32),
                                                np.zeros((len(q), self.extra), np.float32)]))
 
-    def exact_scores(self, query: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def exact_scores(self, query: np.ndarray, items: np.ndarray | slice) -> np.ndarray:
         s = self.weight[items] @ query
         return s + self.bias[items] if self.bias is not None else s
 
     def search(self, query: np.ndarray, k: int, excluded: list[np.ndarray]) -> AnnResult:
         """Top-``k`` per query row, never an item of that row's ``excluded`` (internal ids)."""
-        n_rows = len(query)
-        fetch = min(self.n_items, k + max((len(np.unique(e)) for e in excluded), default=0))
-        self._set_search_params(fetch - k)
-        # pq: refine_factor candidates per place fetched. The excluded items (a user's history) sit near the query
-        # and take places among the best-coded candidates, so they need the same margin (measured: 0.9884 at
-        # 512 per wanted item plus one per excluded, 0.9908 at 128 per place, 1M items)
-        asked = min(self.n_items, fetch * self.refine_factor) if self.kind == "pq" else fetch
-        _, found = self._index.search(self._queries(query), asked)
+        excluded = [np.asarray(e).astype(np.int64, copy=False) for e in excluded]
+        # A row whose exclusions would make the index propose an eighth of the catalog or more is scored exactly
+        # (cheaper than a search for that many; e.g. a user who has seen most items)
+        exact = [self._asked(k + len(e)) * 8 >= self.n_items for e in excluded]
+        searched = [row for row in range(len(query)) if not exact[row]]
+        found = np.zeros((len(query), 0), np.int64)
+        if searched:
+            fetch = min(self.n_items, k + max(len(np.unique(excluded[row])) for row in searched))
+            self._set_search_params(fetch - k)
+            found = np.full((len(query), self._asked(fetch)), -1, np.int64)
+            found[searched] = self._index.search(self._queries(query[searched]), self._asked(fetch))[1]
         out_items: list[np.ndarray] = []
         out_scores: list[np.ndarray] = []
-        for row in range(n_rows):
+        for row in range(len(query)):
+            ex = excluded[row]
             cand = found[row]
             cand = cand[cand >= 0] + 1  # faiss ids are rows 1..N shifted down by one
-            if len(excluded[row]):
-                cand = cand[~np.isin(cand, excluded[row])]
-            want = min(k, self.n_items - len(np.unique(excluded[row][excluded[row] > 0])))
-            if len(cand) < want:  # the graph gave too few after exclusions: this row is scored exactly
-                self.fallbacks += 1
-                cand = np.arange(1, self.n_items + 1)
-                if len(excluded[row]):
-                    cand = cand[~np.isin(cand, excluded[row])]
-            scores = self.exact_scores(query[row], cand).astype(np.float32)
-            order = np.argsort(-scores, kind="stable")[:k]
-            out_items.append(cand[order].astype(np.int64))
-            out_scores.append(scores[order])
+            if len(ex):
+                cand = cand[~np.isin(cand, ex)]
+            if exact[row] or len(cand) < min(k, self.n_items - len(np.unique(ex[ex > 0]))):
+                self.fallbacks += 1  # too many asked, or too few left after exclusions: scored exactly
+                items, scores = self._exact_top(query[row], k, ex)
+            else:
+                scores = self.exact_scores(query[row], cand).astype(np.float32)
+                order = np.argsort(-scores, kind="stable")[:k]
+                items, scores = cand[order].astype(np.int64), scores[order]
+            out_items.append(items)
+            out_scores.append(scores)
         return AnnResult(out_items, out_scores)
+
+    def _asked(self, fetch: int) -> int:
+        """Candidates the index is asked for to return ``fetch`` places. PQ proposes ``refine_factor`` per place:
+        the excluded items (a user's history) sit near the query and take places among the best-coded
+        candidates, so they need the same margin as the wanted ones."""
+        return min(self.n_items, fetch * self.refine_factor) if self.kind == "pq" else fetch
+
+    def _exact_top(self, query: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top-``k`` over the whole catalog for one query row, ``excluded`` left out (no sort of the
+        exclusions: a mask, so a history of a million items costs one pass)."""
+        scores = self.exact_scores(np.asarray(query, np.float32), slice(1, None)).astype(np.float32)
+        out = np.zeros(self.n_items, dtype=bool)
+        out[excluded[(excluded > 0) & (excluded <= self.n_items)] - 1] = True
+        scores[out] = -np.inf
+        take = min(k, self.n_items - int(out.sum()))
+        if take <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        top = np.argpartition(-scores, take - 1)[:take] if take < self.n_items else np.arange(self.n_items)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return (top + 1).astype(np.int64), scores[top]
 
     def _set_search_params(self, extra: int) -> None:
         if self.kind == "hnsw":  # the candidate list grows by one place per excluded item
