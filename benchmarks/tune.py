@@ -33,8 +33,8 @@ import torch
 import machine  # benchmarks/machine.py
 import seqrec
 from seqrec.cli import main as seqrec_main
-from seqrec.data.config import load_data, split_data
 from seqrec.runconfig import load_run_config, run_config_dict
+from seqrec.tune import read_data
 
 ROOT = Path(__file__).resolve().parent
 DATA_ROOT = ROOT.parent.parent / "shared" / "data"
@@ -63,16 +63,18 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--tag", default="", help="suffix for the study folder and the result file name")
     p.add_argument("--study-dir", type=Path, default=Path("runs/tune"), help="where the studies live")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    p.add_argument("--retrain-only", action="store_true",
+                   help="search no further: train the study's best run again and evaluate it on test")
     return p.parse_known_args()
 
 
 def retrain_and_test(best_toml: Path) -> dict[str, Any]:
     """Train the best run again (same seed, so the same model as its trial) and evaluate it once on test."""
     run = load_run_config(best_toml)
-    data = load_data(run.data)
-    split = split_data(run.data, data)
+    trial_data = read_data(run)  # as each trial read it: the log, the split and the item tower's inputs
     rec = seqrec.Recommender(run.model, run.train, **run.model_config)
-    result = rec.fit(data, split, progress=False)
+    rec.tower_inputs = trial_data.tower
+    result = rec.fit(trial_data.data, trial_data.split, progress=False)
     t0 = time.perf_counter()
     test = rec.evaluate(ks=(5, 10, 20))
     return {"run_config": run_config_dict(run), "valid_best": result.best_metric, "best_epoch": result.best_epoch,
@@ -92,7 +94,7 @@ def main() -> int:
     if args.timeout is not None:
         argv += ["--timeout", str(args.timeout)]
     t0 = time.perf_counter()
-    status = seqrec_main(argv)
+    status = 0 if args.retrain_only else seqrec_main(argv)
     if status != 0:
         return status
     tune_seconds = time.perf_counter() - t0
@@ -120,6 +122,11 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path = ROOT / "results" / f"tune-{name}.json"
+    if args.retrain_only and path.is_file():  # the search ran in an earlier call: keep its command and time
+        earlier = json.loads(path.read_text())
+        out["command"] = f"{earlier['command']}; then {out['command']}"
+        out["tune_seconds_this_call"] = earlier.get("tune_seconds_this_call")
+        out["ran_beside"] = f"search: {earlier.get('ran_beside', '')}; retrain: {args.note}"
     path.write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps({"best": study["best"], "test": final["test"]}, indent=2, default=str))
     print(f"wrote {path}")
