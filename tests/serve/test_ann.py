@@ -67,15 +67,21 @@ def hnsw(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
     return ApproxIndex(weight, bias, "hnsw", **HNSW_LARGE)
 
 
-def test_hnsw_recall_at_10_vs_exact(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], hnsw: ApproxIndex) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "pq"])
+def test_recall_at_10_vs_exact(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], kind: str,
+                               request: pytest.FixtureRequest) -> None:
+    """The graph (below 100k items) and the PQ scan (from 100k) --index auto builds, here on the 20k table."""
     weight, bias, queries = catalog
-    found = hnsw.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
+    index: ApproxIndex = request.getfixturevalue(kind)
+    found = index.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
     assert all(len(items) == K for items in found.items)
     assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.99
     # returned scores are the exact scores of the returned items, best first
-    row = found.items[0]
-    np.testing.assert_allclose(found.scores[0], weight[row] @ queries[0] + bias[row], rtol=1e-5, atol=1e-5)
-    assert np.all(np.diff(found.scores[0]) <= 0)
+    for row in (0, 3):
+        items = found.items[row]
+        np.testing.assert_allclose(found.scores[row], weight[items] @ queries[row] + bias[items], rtol=1e-5,
+                                   atol=1e-5)
+        assert np.all(np.diff(found.scores[row]) <= 0)
 
 
 def test_bias_is_folded_in(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -161,16 +167,6 @@ def pq(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ApproxIndex:
     return ApproxIndex(weight, bias, "pq")
 
 
-def test_pq_recall_and_exact_scores(catalog: tuple[np.ndarray, np.ndarray, np.ndarray], pq: ApproxIndex) -> None:
-    weight, bias, queries = catalog
-    found = pq.search(queries, K, [np.zeros(0, np.int64)] * len(queries))
-    assert all(len(items) == K for items in found.items)
-    assert recall(found.items, exact_top(weight, bias, queries, K)) >= 0.99
-    row = found.items[3]
-    np.testing.assert_allclose(found.scores[3], weight[row] @ queries[3] + bias[row], rtol=1e-5, atol=1e-5)
-    assert pq.dim % 2 == 0 and pq.dim == pq.faiss_index.M  # one dimension per 4-bit code, an even number
-
-
 def test_pq_refine_factor_is_a_search_setting(catalog: tuple[np.ndarray, np.ndarray, np.ndarray],
                                               pq: ApproxIndex, hnsw: ApproxIndex) -> None:
     """Fewer candidates re-ranked, lower recall; the exclusions still hold at the narrowest setting."""
@@ -209,9 +205,14 @@ def test_a_row_excluding_much_of_the_catalog_is_scored_exactly(
         assert len(items) == K and not np.isin(items, ex).any()
 
 
-def test_pq_wide_table_takes_two_dimensions_per_code() -> None:
-    """A 256-wide table (257 folded) pads to 260 columns: 130 sub-quantisers of two dimensions each."""
+def test_pq_takes_one_dimension_per_code_below_128_folded_dimensions(pq: ApproxIndex) -> None:
+    """A 256-wide table (257 folded) pads to 260 columns: 130 sub-quantisers of two dimensions each; a narrower
+    one keeps one dimension per code, up to 127 folded dimensions (padded to an even 128)."""
+    assert pq.dim % 2 == 0 and pq.dim == pq.faiss_index.M  # the 32-wide catalog: one dimension per 4-bit code
     rng = np.random.default_rng(2)
+    narrow = np.vstack([np.zeros((1, 126)), rng.normal(size=(3000, 126))]).astype(np.float32)
+    index = ApproxIndex(narrow, None, "pq")  # 126 + 1 folded
+    assert (index.dim, index.faiss_index.M) == (128, 128)
     weight = np.vstack([np.zeros((1, 256)), rng.normal(size=(3000, 256))]).astype(np.float32)
     index = ApproxIndex(weight, None, "pq")
     assert (index.dim, index.faiss_index.M) == (260, 130)

@@ -150,16 +150,18 @@ class ApproxIndex:
         self.refine_factor = refine_factor or (PQ_REFINE_FACTOR if kind == "pq" else REFINE_FACTOR)
         self.fallbacks = 0  # rows rescored exactly because the search left fewer than k after exclusions
         points = self._folded(self.weight[1:], self.bias[1:] if self.bias is not None else None)
+        pq_width = 2 if points.shape[1] >= PQ_WIDE_FROM else 1  # dimensions per PQ sub-quantiser
         if kind == "ivfpq":
             points = _l2_reduced(points)
         elif kind == "pq":  # zero columns up to a whole number of sub-quantisers, an even number of them
-            step = 4 if points.shape[1] >= PQ_WIDE_FROM else 2
-            points = np.hstack([points, np.zeros((len(points), -points.shape[1] % step), np.float32)])
+            points = np.hstack([points, np.zeros((len(points), -points.shape[1] % (2 * pq_width)), np.float32)])
         points = np.ascontiguousarray(points)
         self.extra = int(points.shape[1]) - int(self.weight.shape[1]) - 1  # query columns after [q, 1]: zeros
         self.dim = int(points.shape[1])
         build = {"kind": kind, "hnsw_m": hnsw_m or hnsw["hnsw_m"],
                  "ef_construction": ef_construction or hnsw["ef_construction"], "n_list": self.n_list, "seed": seed}
+        if kind == "pq":
+            build["pq_width"] = pq_width
         self.cache_path = None if cache_dir is None else cache_dir / f"{_digest(points, build)}.faiss"
         self.from_cache = False
         index = self._read_cached()
@@ -179,8 +181,7 @@ class ApproxIndex:
             index = faiss.IndexHNSWFlat(self.dim, build["hnsw_m"], ip)
             index.hnsw.efConstruction = build["ef_construction"]
         elif build["kind"] == "pq":  # codes only: the candidates are re-ranked from the item table itself
-            width = 2 if self.dim >= PQ_WIDE_FROM else 1
-            index = faiss.IndexPQFastScan(self.dim, self.dim // width, 4, ip)
+            index = faiss.IndexPQFastScan(self.dim, self.dim // build["pq_width"], 4, ip)
             index.train(points[rng.choice(len(points), size=min(len(points), 200_000), replace=False)])
         else:
             m = max(d for d in range(1, 33) if self.dim % d == 0)  # PQ sub-quantisers must divide the width
