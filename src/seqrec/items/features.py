@@ -35,7 +35,7 @@ from seqrec.data.features import (
 )
 from seqrec.data.ids import IdMap
 from seqrec.errors import SeqrecError
-from seqrec.items.text import TextEncoder, text_rows
+from seqrec.items.text import SentenceEncoder, TextEncoder, text_rows
 from seqrec.items.tower import ItemTable, ItemTower, TowerConfig
 from seqrec.items.users import UserSpec, attach_user_tower, user_tower_of
 from seqrec.settings import check_choice
@@ -307,6 +307,7 @@ def prepare_tower(config: ItemFeaturesConfig, items: IdMap, encoder: TextEncoder
         frame = read_item_table(config.item_text, config.item_id_col)
         texts = text_of(frame, cols, config.item_text)
         rows = align(frame, items, n_rows, config.item_text)
+        encoder = encoder or SentenceEncoder(precision=config.text_precision)
         text, text_dim, encoder_name = text_rows(list(texts), rows, n_rows, encoder, cache)
     spec = TowerSpec(config.item_mode, config.combine, schema or FeatureSchema(), text_dim, encoder_name,
                      tuple(cols or ()))

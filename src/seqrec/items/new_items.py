@@ -15,7 +15,7 @@ from seqrec.data.features import FeatureTensors, ItemFeaturesConfig, encode_feat
 from seqrec.data.ids import IdMap
 from seqrec.errors import SeqrecError
 from seqrec.items.features import FeatureTower, TowerSpec
-from seqrec.items.text import DEFAULT_ENCODER, SentenceEncoder, TextEncoder, embed_texts
+from seqrec.items.text import TextEncoder, embed_texts, encoder_named
 from seqrec.items.tower import ItemTable
 from seqrec.models.base import SequenceModel
 from seqrec.scoring import catalog_scores
@@ -37,11 +37,13 @@ def feature_tower_of(model: SequenceModel) -> FeatureTower:
 
 
 def encoder_for(spec: TowerSpec) -> TextEncoder:
-    """The sentence encoder that embedded the artifact's text (the default one; another must come from Python)."""
-    if spec.text_encoder != DEFAULT_ENCODER:
+    """The sentence encoder that embedded the artifact's text (the default one, as it ran or as the int8 model;
+    another must come from Python)."""
+    encoder = encoder_named(spec.text_encoder)
+    if encoder is None:
         raise SeqrecError(f"this artifact's text was embedded by {spec.text_encoder!r}; pass that encoder "
                           "from Python (encoder=...)")
-    return SentenceEncoder()
+    return encoder
 
 
 def read_new_items(path: str | Path, spec: TowerSpec, catalog: IdMap, config: ItemFeaturesConfig | None = None,
