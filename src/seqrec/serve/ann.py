@@ -266,8 +266,9 @@ class ApproxIndex:
         exact = [self._asked(k + len(e)) * 8 >= self.n_items for e in excluded]
         searched = [row for row in range(len(query)) if not exact[row]]
         found = np.zeros((len(query), 0), np.int64)
+        distinct = {row: len(np.unique(excluded[row][excluded[row] > 0])) for row in searched}  # not for exact rows
         if searched:
-            fetch = min(self.n_items, k + max(len(np.unique(excluded[row])) for row in searched))
+            fetch = min(self.n_items, k + max(distinct.values()))
             self._set_search_params(fetch - k)
             found = np.full((len(query), self._asked(fetch)), -1, np.int64)
             found[searched] = self._index.search(self._queries(query[searched]), self._asked(fetch))[1]
@@ -279,7 +280,7 @@ class ApproxIndex:
             cand = cand[cand >= 0] + 1  # faiss ids are rows 1..N shifted down by one
             if len(ex):
                 cand = cand[~np.isin(cand, ex)]
-            if exact[row] or len(cand) < min(k, self.n_items - len(np.unique(ex[ex > 0]))):
+            if exact[row] or len(cand) < min(k, self.n_items - distinct[row]):
                 self.fallbacks += 1  # too many asked, or too few left after exclusions: scored exactly
                 items, scores = self._exact_top(query[row], k, ex)
             else:
