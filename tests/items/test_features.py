@@ -278,6 +278,9 @@ def test_a_mode_without_its_file_is_an_error(tmp_path: Path, data: Dataset,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_train_args(tmp_path, data, "--item-mode", "text")) == 2
     assert "needs --item-text" in capsys.readouterr().err
+    assert main(_train_args(tmp_path, data, "--text-precision", "int8")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--text-precision int8 has no text to embed" in err and len(err.splitlines()) == 1
 
 
 # ---- transfer to another catalog ---------------------------------------------------------------

@@ -68,6 +68,8 @@ class ItemFeaturesConfig:
             raise SeqrecError(f"--item-mode {self.item_mode} needs --item-features FILE")
         if "text" in self.item_mode and self.item_text is None:
             raise SeqrecError(f"--item-mode {self.item_mode} needs --item-text FILE")
+        if self.text_precision != "auto" and self.item_text is None:
+            raise SeqrecError(f"--text-precision {self.text_precision} has no text to embed: give --item-text FILE")
         if self.item_mode == "id" and (self.item_features or self.item_text):
             raise SeqrecError("--item-features/--item-text need an --item-mode that uses them "
                               "(id+features, id+text, id+features+text, text, features+text, features)")
