@@ -41,8 +41,9 @@ def run(mode: str, work: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{mode}: exit {proc.returncode}")
     info = json.loads((out / "info.json").read_text())
     test = {k: info.get("test_metrics", {}).get(k) for k in ("NDCG@10", "HR@10", "NDCG@20", "HR@20")}
-    return {"mode": mode, "command": " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1), "test": test,
-            "epochs_run": len(info.get("history", [])), "best_epoch": info.get("best_epoch")}
+    return {"mode": mode, "command": " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1),
+            "valid_best": info.get("best_valid"), "test": test, "epochs_run": len(info.get("history", [])),
+            "best_epoch": info.get("best_epoch")}
 
 
 def main() -> None:
