@@ -56,8 +56,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 def parse() -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--dataset", default="amazon-beauty-s3rec",
-                   help="a bundled or ../shared/data dataset; with --data, only the name of the study and result")
+    p.add_argument("--dataset", help="a bundled or ../shared/data dataset (default: amazon-beauty-s3rec); with "
+                   "--data, required: the name of the study, of the result and of its published numbers")
     p.add_argument("--data", help="train on this log file instead of --dataset (pass --format etc. through)")
     p.add_argument("--model", default="sasrec")
     p.add_argument("--trials", type=int, default=40, help="trials in this call (a continued study adds them)")
@@ -68,7 +68,11 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     p.add_argument("--retrain-only", action="store_true",
                    help="search no further: train the study's best run again and evaluate it on test")
-    return p.parse_known_args()
+    args, passed = p.parse_known_args()
+    if args.data and not args.dataset:
+        p.error("--data needs --dataset NAME: the name its study, result file and published numbers go under")
+    args.dataset = args.dataset or "amazon-beauty-s3rec"
+    return args, passed
 
 
 def retrain_and_test(best_toml: Path) -> dict[str, Any]:

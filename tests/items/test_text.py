@@ -110,7 +110,7 @@ def int8_encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentenceE
 def test_int8_is_another_encoder_close_to_fp32(int8_encoder: SentenceEncoder,
                                                fp32_encoder: SentenceEncoder) -> None:
     assert int8_encoder.name == "all-MiniLM-L6-v2+int8"
-    assert encoder_key(int8_encoder) == "all-MiniLM-L6-v2+int8/len256-int8"
+    assert encoder_key(int8_encoder) == f"all-MiniLM-L6-v2+int8/len256-int8-{int8_encoder.int8.path.stem}"
     out = int8_encoder.encode(TEXTS)
     assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
@@ -121,7 +121,7 @@ def test_int8_is_another_encoder_close_to_fp32(int8_encoder: SentenceEncoder,
     assert out[0] @ out[1] > out[0] @ out[2]  # the drill is nearer the screwdriver than the flour
 
 
-def test_int8_model_is_built_once_and_atomically(int8_encoder: SentenceEncoder) -> None:
+def test_int8_model_is_built_once_leaving_no_temporary_file(int8_encoder: SentenceEncoder) -> None:
     assert int8_encoder.int8 is not None
     path = int8_encoder.int8.path
     stamp = path.stat().st_mtime_ns
@@ -134,6 +134,20 @@ def test_int8_model_is_built_once_and_atomically(int8_encoder: SentenceEncoder) 
 def test_int8_runs_on_the_cpu_only() -> None:
     with pytest.raises(SeqrecError, match="int8 text encoder runs on the CPU only"):
         resolve_precision("int8", "cuda")
+
+
+def test_the_environment_variable(int8_encoder: SentenceEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqrec.items.text import encoder_named
+
+    monkeypatch.setenv("SEQREC_TEXT_PRECISION", "int8")
+    assert SentenceEncoder(threads=1).precision == "int8"  # auto follows it
+    assert SentenceEncoder(precision="fp32", threads=1).precision == "fp32"  # an explicit choice wins
+    plain = encoder_named("all-MiniLM-L6-v2")  # a float artifact's new items stay float
+    assert plain is not None and plain.precision in ("fp32", "bf16") and plain.name == "all-MiniLM-L6-v2"
+    assert encoder_named("another-encoder") is None
+    monkeypatch.setenv("SEQREC_TEXT_PRECISION", "int4")
+    with pytest.raises(SeqrecError, match="SEQREC_TEXT_PRECISION='int4': choose one of"):
+        SentenceEncoder(threads=1)
 
 
 def test_an_int8_artifact_embeds_its_new_items_with_int8(int8_encoder: SentenceEncoder, tmp_path: Path,

