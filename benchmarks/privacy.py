@@ -55,7 +55,7 @@ from seqrec.train.config import PrivacyConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DP_KEYS = ("dim", "dropout", "loss", "negatives", "lr", "clip", "batch_users", "warmup_steps", "schedule", "epochs",
-           "reference_path")
+           "reference_path", "dp_train")
 NODP_KEYS = ("dim_nodp", "loss_nodp", "lr_nodp", "epochs_nodp")
 # each row: the settings it ran with
 RUN_KEYS = ("model", "n_layers", "max_len", "threads", "item_mode", *DP_KEYS, *NODP_KEYS)
@@ -143,6 +143,8 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
     if args.dropout is not None and epsilon:
         params["dropout"] = args.dropout
     rec = Recommender(args.model, cfg, **params)
+    if epsilon and args.dp_train == "tower":
+        rec.prepare_model = freeze_all_but_tower
     if args.item_mode != "id":
         feats = ItemFeaturesConfig(item_features=None if args.item_features is None else str(args.item_features),
                                    item_text=None if args.item_text is None else str(args.item_text),
@@ -155,6 +157,14 @@ def train(args: argparse.Namespace, data: Any, members: np.ndarray, epsilon: flo
     else:
         result = rec.fit(train_data, leave_one_out(train_data), progress=False)
     return rec, result, time.perf_counter() - t0
+
+
+def freeze_all_but_tower(model: Any) -> None:
+    """Only the item tower's parameters train (with a text tower: the projection of the frozen sentence
+    vectors); the sequence encoder keeps its seeded initial weights. DP noise then covers fewer values."""
+    tower = {id(p) for p in model.tower.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in tower)
 
 
 SCIENTIFIC = "amazon-scientific-unisrec"
@@ -238,6 +248,9 @@ def main() -> None:
                    help="per-epoch validation on this many users (diagnostic only; DP keeps the last epoch)")
     p.add_argument("--valid-only", action="store_true",
                    help="tuning: report the validation split's metrics, no test metrics and no attacks")
+    p.add_argument("--dp-train", choices=("all", "tower"), default="all",
+                   help="DP: train every parameter, or only the item tower's (the encoder stays at its seeded "
+                   "initialisation)")
     p.add_argument("--reference-path", action="store_true",
                    help="DP: compute per-user gradients one user at a time even where the batched path applies")
     p.add_argument("--item-mode", default="id", help="id, features (item vectors from --item-features only), "
