@@ -24,7 +24,7 @@ from seqrec.errors import SeqrecError
 from seqrec.items.text_onnx import Int8Runner
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-INT8_SUFFIX = "+int8"  # the encoder's name when it runs as the int8 ONNX model
+INT8_ENCODER = f"{DEFAULT_ENCODER}+int8"  # the encoder's name when it runs as the int8 ONNX model
 
 
 class TextEncoder(Protocol):
@@ -103,7 +103,7 @@ class SentenceEncoder:
         self.variant = f"len{max_seq_length}-{self.precision}"
         self.int8: Int8Runner | None = None
         if self.precision == "int8":
-            self.name = f"{DEFAULT_ENCODER}{INT8_SUFFIX}"
+            self.name = INT8_ENCODER
             transformer = cast(torch.nn.Module, self.model[0].auto_model)
             self.int8 = Int8Runner(transformer, self.model.tokenizer, model_dir,
                                    cache_dir().parent / "onnx")
@@ -153,7 +153,7 @@ class SentenceEncoder:
 def encoder_named(name: str) -> SentenceEncoder | None:
     """The sentence encoder whose vectors an artifact recorded under ``name`` (the int8 model for its name,
     else the float one at ``SEQREC_TEXT_PRECISION`` unless that asks for int8); None for another encoder."""
-    if name == DEFAULT_ENCODER + INT8_SUFFIX:
+    if name == INT8_ENCODER:
         return SentenceEncoder(precision="int8")
     if name != DEFAULT_ENCODER:
         return None
