@@ -4,6 +4,8 @@ settings and seed, each run capped at the same wall time.
     python benchmarks/features_beauty.py --max-seconds 480 --out benchmarks/results/features-beauty.json
     python benchmarks/features_beauty.py --dataset sports --max-seconds 1200 \
         --out benchmarks/results/features-sports.json
+
+Flags after ``--`` go to every ``seqrec train`` (e.g. ``-- --lowpass 0.5``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def run(mode: str, work: Path, args: argparse.Namespace) -> dict:
            "--force", "--data-root", str(DATA)]
     if mode != "id":
         cmd += ["--item-features", str(DATA / dataset / attrs), "--item-mode", mode, "--combine", args.combine]
+    cmd += args.extra
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -56,6 +59,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-features-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "features-beauty.json")
+    p.add_argument("extra", nargs="*", help="more `seqrec train` flags (after --)")
     args = p.parse_args()
     results = []
     for mode in args.modes.split(","):

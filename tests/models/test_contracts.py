@@ -15,7 +15,7 @@ from seqrec.datasets.synthetic import markov_dataset
 from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import score_histories
 from seqrec.models.base import SequenceModel
-from seqrec.models.layers import Block, item_positions
+from seqrec.models.layers import Block, causal_window_mean, item_positions
 from seqrec.models.registry import MODELS, create, make_config
 from seqrec.scoring import catalog_scores
 
@@ -221,7 +221,9 @@ def test_positions_count_from_the_first_or_back_from_the_last_item() -> None:
 
 
 VARIANTS = [("sasrec", {"positions": "end"}), ("bert4rec", {"positions": "end"}), ("sasrec", {"original_norm": True}),
-            ("sasrec", {"original_norm": True, "positions": "end"})]
+            ("sasrec", {"original_norm": True, "positions": "end"}), ("sasrec", {"lowpass": 0.5, "lowpass_window": 3}),
+            ("sasrec", {"lowpass": 0.7, "lowpass_window": 4, "original_norm": True, "positions": "end"}),
+            ("sasrec", {"lowpass": 0.3, "lowpass_window": 2, "norm_first": False})]
 
 
 @pytest.mark.parametrize(("name", "variant"), VARIANTS)
@@ -243,6 +245,34 @@ def test_model_variants_keep_padding_invariance_and_causality(name: str, variant
         with torch.no_grad():
             torch.testing.assert_close(forward(model, items)[:, :7], forward(model, changed)[:, :7], atol=1e-5,
                                        rtol=1e-5)
+
+
+def test_causal_window_mean_averages_the_last_real_items_only() -> None:
+    x = torch.randn(2, 6, 3)
+    real = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool).unsqueeze(-1)
+    got = causal_window_mean(x, real, window=3)
+    for b in range(2):
+        for t in range(6):
+            seen = [s for s in range(max(0, t - 2), t + 1) if real[b, s, 0]]
+            want = x[b, seen].mean(0) if seen else torch.zeros(3)
+            torch.testing.assert_close(got[b, t], want)
+    torch.testing.assert_close(causal_window_mean(x, real, window=50)[1, -1], x[1].mean(0))  # wider than L: all
+
+
+def test_lowpass_sasrec_trains_and_round_trips(markov, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data, split = markov
+    cfg = seqrec.TrainConfig(epochs=3, batch_size=64, lr=5e-3, seed=0, patience=3)
+    rec = seqrec.Recommender("sasrec", cfg, max_len=15, dim=32, n_heads=1, lowpass=0.5, lowpass_window=4)
+    rec.fit(data, split, progress=False)
+    assert rec.model is not None
+    betas = [block.lowpass.beta for block in rec.model.blocks]  # type: ignore[union-attr]
+    assert all(beta.shape == (1, 1, 32) for beta in betas)
+    rec.save(tmp_path / "art")
+    loaded = seqrec.Recommender.load(tmp_path / "art")
+    assert loaded.model is not None and loaded.model.config.lowpass == 0.5
+    assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
+    with pytest.raises(SeqrecError, match="lowpass"):
+        create("sasrec", n_items=N_ITEMS, lowpass=1.5)
 
 
 def test_original_sasrec_norm_normalises_queries_only_and_adds_residuals_to_normalised_inputs() -> None:

@@ -48,7 +48,7 @@ def setup(model: str, **extra: Any) -> tuple[SequenceModel, dp.UserWindows, Trai
 
 
 @pytest.mark.parametrize(("model", "extra"), [("sasrec", {}), ("sasrec", {"tie_embeddings": False}),
-                                               ("hstu", {})])
+                                               ("sasrec", {"lowpass": 0.5, "lowpass_window": 3}), ("hstu", {})])
 @pytest.mark.parametrize("logq", [True, False])
 def test_batched_path_gives_the_reference_clipped_sum(model: str, extra: dict[str, object], logq: bool) -> None:
     net, windows, cfg, _ = setup(model, **extra)

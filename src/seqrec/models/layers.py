@@ -77,6 +77,42 @@ def attention_mask(items: torch.Tensor, causal: bool) -> torch.Tensor:
 NORMS = ("pre", "post", "sasrec")
 
 
+def causal_window_mean(x: torch.Tensor, real: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, L, D) mean of each position's last ``window`` real inputs, itself included.
+
+    ``real`` (B, L, 1) marks real positions; padding adds nothing to a sum or a count, so the
+    result does not depend on how much left padding a batch has, and position t never sees t + 1.
+    """
+    r = real.to(x.dtype)
+    sums, counts = (x * r).cumsum(1), r.cumsum(1)  # (B, L, D), (B, L, 1)
+    if window < x.shape[1]:
+        sums = sums - F.pad(sums[:, :-window], (0, 0, window, 0))
+        counts = counts - F.pad(counts[:, :-window], (0, 0, window, 0))
+    return sums / counts.clamp(min=1)
+
+
+class LowPass(nn.Module):
+    """A causal low-pass branch beside attention: the inductive bias of BSARec (Shin et al., AAAI
+    2024), which mixes a sequence's low frequencies back into self-attention.
+
+    BSARec filters with a Fourier transform over the whole window, so every position sees the
+    future and the amount of left padding changes the result; this branch keeps both contracts by
+    taking the low frequencies as the mean of the last ``window`` real inputs. As in BSARec, the
+    high frequencies (input minus that mean) are added back with a learned non-negative weight
+    per dimension: ``low + beta**2 * (x - low)``.
+    """
+
+    def __init__(self, dim: int, window: int, dropout: float) -> None:
+        super().__init__()
+        self.window = window
+        self.beta = nn.Parameter(torch.randn(1, 1, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        low = causal_window_mean(x, real, self.window)
+        return self.drop(low + self.beta.square() * (x - low))
+
+
 class Block(nn.Module):
     """Transformer block: self-attention then a pointwise feed-forward.
 
@@ -88,7 +124,7 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, norm: str = "pre",
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", lowpass: float = 0.0, lowpass_window: int = 1) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} must be divisible by n_heads {n_heads}")
@@ -101,6 +137,8 @@ class Block(nn.Module):
                                 nn.Dropout(dropout), nn.Linear(ff_dim, dim))
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
+        self.lowpass_weight = lowpass
+        self.lowpass = LowPass(dim, lowpass_window, dropout) if lowpass > 0 else None
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of queries from ``x`` over keys and values from ``kv`` (default: ``x``)."""
@@ -116,15 +154,27 @@ class Block(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, D)))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def mix(self, q: torch.Tensor, mask: torch.Tensor, real: torch.Tensor | None,
+            kv: torch.Tensor | None = None) -> torch.Tensor:
+        """The token-mixing sub-layer: attention, or with a low-pass branch (1 - a) attention + a low-pass."""
+        attended = self.attend(q, mask, kv)
+        if self.lowpass is None:
+            return attended
+        if real is None:
+            raise ValueError("a block with a low-pass branch needs the real-position mask")
+        a = self.lowpass_weight
+        return (1 - a) * attended + a * self.lowpass(q, real)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """``real`` (B, L, 1) marks real positions; only the low-pass branch needs it."""
         if self.norm == "pre":
-            x = x + self.attend(self.norm1(x), mask)
+            x = x + self.mix(self.norm1(x), mask, real)
             return x + self.drop(self.ff(self.norm2(x)))
         if self.norm == "sasrec":
             q = self.norm1(x)
-            h = self.norm2(q + self.attend(q, mask, kv=x))
+            h = self.norm2(q + self.mix(q, mask, real, kv=x))
             return h + self.drop(self.ff(h))
-        x = self.norm1(x + self.attend(x, mask))
+        x = self.norm1(x + self.mix(x, mask, real))
         return self.norm2(x + self.drop(self.ff(x)))
 
 

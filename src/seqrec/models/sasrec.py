@@ -19,6 +19,9 @@ class SASRecConfig(TransformerConfig):
     original_norm: bool = setting(False, "the original SASRec code's layer-norm placement (normalised "
                                   "queries only; overrides norm_first)")
     tie_embeddings: bool = setting(True, "score with the input item embeddings (off: a separate output table)")
+    lowpass: float = setting(0.0, "weight of a causal low-pass branch mixed with attention in every block "
+                             "(BSARec's inductive bias; 0: attention alone)", low=0.0, high=1.0)
+    lowpass_window: int = setting(8, "the low-pass branch's window: each position's last N items", low=1)
 
 
 class SASRecModel(SequenceModel):
@@ -33,7 +36,8 @@ class SASRecModel(SequenceModel):
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            Block(c.dim, c.n_heads, c.ff_dim or c.dim, c.dropout, self.block_norm) for _ in range(c.n_layers))
+            Block(c.dim, c.n_heads, c.ff_dim or c.dim, c.dropout, self.block_norm, lowpass=c.lowpass,
+                  lowpass_window=c.lowpass_window) for _ in range(c.n_layers))
         self.final_norm = nn.LayerNorm(c.dim) if c.norm_first or c.original_norm else nn.Identity()
         self.apply(init_weights)
         self.setup_similarity(c)
@@ -49,7 +53,7 @@ class SASRecModel(SequenceModel):
         x = self.drop(x * math.sqrt(self.config.dim) + pos) * real  # (B, L, D)
         mask = attention_mask(items, causal=True)
         for block in self.blocks:
-            x = block(x, mask) * real
+            x = block(x, mask, real) * real
         return self.final_norm(x)
 
 
