@@ -64,7 +64,8 @@ def run(mode: str, log: Path, text: Path, work: Path, epochs: int, threads: int,
     done = train_cli.train(cmd, out, threads, mode)
     summary = done.summary()
     return {"mode": mode, "command": summary["command"], "seconds": summary["seconds"], "test": summary["test"],
-            "best_epoch": summary["best_epoch"], "n_parameters": done.info.get("n_parameters")}
+            "best_epoch": summary["best_epoch"], "valid_best": summary["valid_best"],
+            "n_parameters": done.info.get("n_parameters")}
 
 
 def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:

@@ -27,7 +27,7 @@ class TrainRun:
         """The fields every benchmark reports for a run."""
         return {"command": " ".join(self.command), "seconds": round(self.seconds, 1),
                 "epochs_run": len(self.info.get("history", [])), "stopped_by_time": "max_seconds" in self.stderr,
-                "best_epoch": self.info.get("best_epoch"),
+                "best_epoch": self.info.get("best_epoch"), "valid_best": self.info.get("best_valid"),
                 "test": {k: self.info.get("test_metrics", {}).get(k) for k in METRICS}}
 
 
