@@ -55,9 +55,10 @@ def histories(seed: int) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("model", ["lstm", "gru4rec", "sasrec", "bert4rec", "hstu"])
-def test_onnxruntime_matches_torch(tmp_path: Path, model: str) -> None:
-    art_dir = tiny_artifact(tmp_path / "art", model)
+@pytest.mark.parametrize(("model", "extra"), [("lstm", {}), ("gru4rec", {}), ("sasrec", {}), ("bert4rec", {}),
+                                               ("hstu", {}), ("sasrec", {"lowpass": 0.5, "lowpass_window": 3})])
+def test_onnxruntime_matches_torch(tmp_path: Path, model: str, extra: dict[str, object]) -> None:
+    art_dir = tiny_artifact(tmp_path / "art", model, **extra)
     out = tmp_path / "out" / f"{model}.onnx"
     summary = export_artifact(art_dir, out)
     assert summary["max_abs_diff"] <= 1e-4

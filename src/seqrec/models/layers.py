@@ -78,16 +78,18 @@ NORMS = ("pre", "post", "sasrec")
 
 
 def causal_window_mean(x: torch.Tensor, real: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, L, D) mean of each position's last ``window`` real inputs, itself included.
+    """(B, L, D) mean of the inputs at positions t - window + 1 .. t that are real, for each t.
 
     ``real`` (B, L, 1) marks real positions; padding adds nothing to a sum or a count, so the
     result does not depend on how much left padding a batch has, and position t never sees t + 1.
+    With left padding (real items last) that is the mean of each position's last ``window`` real
+    items. No branch on the length, so an exported graph serves every history length.
     """
+    L = x.shape[1]
     r = real.to(x.dtype)
     sums, counts = (x * r).cumsum(1), r.cumsum(1)  # (B, L, D), (B, L, 1)
-    if window < x.shape[1]:
-        sums = sums - F.pad(sums[:, :-window], (0, 0, window, 0))
-        counts = counts - F.pad(counts[:, :-window], (0, 0, window, 0))
+    sums = sums - F.pad(sums, (0, 0, window, 0))[:, :L]  # minus the sum up to t - window
+    counts = counts - F.pad(counts, (0, 0, window, 0))[:, :L]
     return sums / counts.clamp(min=1)
 
 
@@ -124,7 +126,7 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, norm: str = "pre",
-                 activation: str = "relu", lowpass: float = 0.0, lowpass_window: int = 1) -> None:
+                 activation: str = "relu", lowpass: float = 0.0, lowpass_window: int = 8) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} must be divisible by n_heads {n_heads}")
