@@ -96,33 +96,35 @@ def evaluate_full(artifact: Path, full: Dataset, text: Path, held_rows: np.ndarr
             "heldout_target_users_among_heldout": among_heldout(moved, test, held_rows, is_held)}
 
 
+def ranked_among_heldout(scores: torch.Tensor, targets: np.ndarray, held_rows: np.ndarray) -> dict:
+    """Metrics of (R, N + 1) scores (seen items already excluded) with every item but the held-out ones ruled
+    out: the ranking both the models and the popularity reference get when told the target is held out."""
+    outside = torch.full((scores.shape[1],), -torch.inf, device=scores.device)
+    outside[torch.from_numpy(held_rows).to(scores.device)] = 0.0
+    ranks = ranks_from_scores(scores + outside, torch.from_numpy(targets)).numpy()
+    metrics = all_metrics(ranks, (10, 20))
+    return {k: metrics[k] for k in METRICS}
+
+
 @torch.no_grad()
 def among_heldout(model: SequenceModel, test: EvalSet, held_rows: np.ndarray, is_held: np.ndarray) -> dict:
     """The held-out-target users with the model ranking the held-out items only (seen items excluded): what
     the popularity reference is told, so the two compare like for like."""
     rows = np.flatnonzero(is_held)
     scores = score_histories(model, test.history, rows, exclude_seen=True)
-    outside = torch.full((scores.shape[1],), -torch.inf, device=scores.device)
-    outside[torch.from_numpy(held_rows).to(scores.device)] = 0.0
-    ranks = ranks_from_scores(scores + outside, torch.from_numpy(test.targets[rows])).numpy()
-    metrics = all_metrics(ranks, (10, 20))
-    return {k: metrics[k] for k in METRICS}
+    return ranked_among_heldout(scores, test.targets[rows], held_rows)
 
 
 def popularity_among_heldout(full: Dataset, held_rows: np.ndarray) -> dict:
     test = make_split(full).test
-    counts = np.bincount(test.history.items, minlength=full.n_items + 1).astype(np.float32)
-    score = np.full(full.n_items + 1, -np.inf, dtype=np.float32)
-    score[held_rows] = counts[held_rows]
+    counts = torch.from_numpy(np.bincount(test.history.items, minlength=full.n_items + 1).astype(np.float32))
     out = {}
     for name, mask in (("all_users", np.ones(len(test), dtype=bool)),
                        ("heldout_target_users", np.isin(test.targets, held_rows))):
         rows = np.flatnonzero(mask)
-        scores = torch.from_numpy(np.tile(score, (len(rows), 1)))
+        scores = counts.repeat(len(rows), 1)
         mask_seen(scores, test.history, rows)
-        ranks = ranks_from_scores(scores, torch.from_numpy(test.targets[rows])).numpy()
-        metrics = all_metrics(ranks, (10, 20))
-        out[name] = {k: metrics[k] for k in METRICS}
+        out[name] = ranked_among_heldout(scores, test.targets[rows], held_rows)
     return out
 
 
