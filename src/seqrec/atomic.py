@@ -124,3 +124,14 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without the flag
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace the file ``path`` whole with ``text`` (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SeqrecError(f"{path}: cannot write ({exc.strerror})") from None

@@ -22,6 +22,7 @@ from typing import Any, NoReturn, cast
 import pandas as pd
 
 from seqrec import __version__, tracking
+from seqrec.blend import add_parser as add_blend_parser
 from seqrec.data.config import DataConfig, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.datasets import KNOWN, dataset_path
@@ -99,7 +100,7 @@ class Parser(argparse.ArgumentParser):
         raise SeqrecError(f"{message}; see `{self.prog} --help`")
 
 
-def _ks(text: str) -> tuple[int, ...]:
+def ks_arg(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -244,7 +245,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", type=Path, help="artifact directory to write (default: a new runs/<model>-<time>)")
     g.add_argument("--force", action="store_true", help="overwrite an existing artifact in --out")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    g.add_argument("--k", type=_ks, default=(5, 10, 20), help="cut-offs for the test metrics (default: 5,10,20)")
+    g.add_argument("--k", type=ks_arg, default=(5, 10, 20), help="cut-offs for the test metrics (default: 5,10,20)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
                    "summary, warnings and test metrics are still printed)")
     privacy_commands.add_train_args(p)
@@ -588,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", type=Path, help="an artifact directory written by `seqrec train --out`")
     p.add_argument("--on", choices=("test", "valid"), default="test",
                    help="the held-out events to rank: each user's test or validation target (default: test)")
-    p.add_argument("--k", type=_ks, default=EvalConfig().ks, help=_eval_help("ks"))
+    p.add_argument("--k", type=ks_arg, default=EvalConfig().ks, help=_eval_help("ks"))
     p.add_argument("--include-seen", action="store_true", help="do not exclude already-seen items")
     p.add_argument("--sampled", choices=("uniform", "popularity"),
                    help="rank against sampled negatives instead of the catalog (labelled 'sampled')")
@@ -651,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
     add_serve_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_export_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+    add_blend_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_tune_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_prepare_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     add_update_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))

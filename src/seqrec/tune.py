@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 import tomllib
 import warnings
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 from seqrec import tracking
+from seqrec.atomic import replace_text
 from seqrec.data.config import DataConfig, load_data, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.data.split import Split
@@ -343,21 +343,12 @@ def best_trial(study: Any) -> Any | None:
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
-def _write(path: Path, text: str) -> None:
-    """Replace ``path`` whole (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SeqrecError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def write_results(study: Any, out: Path, fixed: RunConfig, storage_url: str) -> None:
     """trials.csv, trials.json and (once a trial has completed) best.toml."""
     rows = trial_rows(study)
-    _write(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+    replace_text(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
     best = best_trial(study)
     summary = {"study": study.study_name, "storage": storage_url, "metric": f"valid_{fixed.train.valid_metric}",
                "direction": "maximize", "fixed": _jsonable(run_config_dict(fixed)),
@@ -365,13 +356,13 @@ def write_results(study: Any, out: Path, fixed: RunConfig, storage_url: str) -> 
                "best": None if best is None else {"trial": best.number, "value": best.value, "params": best.params,
                                                    "best_epoch": best.user_attrs.get("best_epoch")},
                "trials": rows}
-    _write(out / "trials.json", json.dumps(summary, indent=2, default=str))
+    replace_text(out / "trials.json", json.dumps(summary, indent=2, default=str))
     if best is not None:
         run = apply(fixed, best.params, f"trial {best.number}")
         header = (f"# the best run of study {study.study_name!r}: trial {best.number}, valid "
                   f"{fixed.train.valid_metric} {best.value:.4f}\n"
                   f"# train it: seqrec train --config {out / 'best.toml'}\n")
-        _write(out / "best.toml", header + dump_toml(run_config_dict(run)))
+        replace_text(out / "best.toml", header + dump_toml(run_config_dict(run)))
 
 
 def print_summary(study: Any, out: Path, metric: str) -> None:
