@@ -1,8 +1,11 @@
 """Blend trained models: a weighted product of their next-item distributions, evaluated by full ranking.
 
 Each model gives a distribution over the whole catalog (softmax of its scores); the blend ranks items by
-``sum_m w_m * log p_m(item)`` with weights summing to 1. Models trained on the same log with different item
-towers (item ids; item text) make different mistakes, so their blend can rank better than either alone.
+``sum_m w_m * log p_m(item)`` with weights summing to 1. Each model's log normaliser is one number per user,
+so this ranks as ``sum_m w_m * score_m(item)``: one product of the weighted queries, side by side, with
+the item tables side by side, scored tile by tile like a single model (:mod:`seqrec.eval.tiled`).
+Models trained on the same log with different item towers (item ids; item text) make different mistakes, so
+their blend can rank better than either alone.
 
 ``seqrec blend A B [C ...]`` checks that the artifacts share one catalog and one split, chooses the weights
 on the validation split (a grid over the simplex; the test split is never looked at for the choice), then
@@ -14,7 +17,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +27,19 @@ import numpy as np
 import torch
 
 from seqrec.atomic import replace_text
+from seqrec.data.sequences import Sequences
+from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
-from seqrec.eval.evaluate import EvalSet, mask_seen, ranks_from_scores, score_histories
+from seqrec.eval.evaluate import encode_rows, mask_seen, ranks_from_scores, seen_pairs
 from seqrec.eval.metrics import all_metrics
+from seqrec.eval.tiled import top_and_ranks
+from seqrec.items.tower import ItemTable
 from seqrec.models.base import SequenceModel
 from seqrec.recommender import Recommender
+from seqrec.scoring import catalog_scores
 
-ROWS_PER_CHUNK = 1024  # users scored at once: (chunk, catalog) floats per model
+ROWS_PER_CHUNK = 256  # users scored at once, against the catalog in tiles (seqrec.eval.tiled)
+MAX_GRID = 2000  # weight vectors tried at most
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,10 @@ def eval_set(members: list[Member], on: str) -> EvalSet:
     """The split ``on`` of the first member; every member's must hold the same targets."""
     sets = [m.rec._eval_set(on) for m in members]
     for m, s in zip(members[1:], sets[1:], strict=True):
-        if not np.array_equal(s.targets, sets[0].targets) or not np.array_equal(s.users, sets[0].users):
+        same = (np.array_equal(s.targets, sets[0].targets) and np.array_equal(s.users, sets[0].users)
+                and np.array_equal(s.history.offsets, sets[0].history.offsets)
+                and np.array_equal(s.history.items, sets[0].history.items))
+        if not same:
             raise SeqrecError(f"{m.path} and {members[0].path} were split differently (their {on} targets "
                               "differ); train them with the same split settings")
     return sets[0]
@@ -80,31 +94,73 @@ def weight_grid(n_models: int, step: float) -> np.ndarray:
     units = round(1.0 / step)
     if abs(units * step - 1.0) > 1e-9:
         raise SeqrecError(f"--step must divide 1 (0.1, 0.05, 0.25, ...), got {step:g}")
+    size = math.comb(units + n_models - 1, n_models - 1)
+    if size > MAX_GRID:
+        raise SeqrecError(f"--step {step:g} gives {size:,} weight vectors for {n_models} models (at most "
+                          f"{MAX_GRID:,}); take a coarser step")
     rows = [c for c in itertools.product(range(units + 1), repeat=n_models - 1) if sum(c) <= units]
     return np.array([[*c, units - sum(c)] for c in rows], dtype=np.float64) / units
 
 
+def _fp32(table: ItemTable) -> ItemTable:
+    return ItemTable(table.weight.detach().float(), None if table.bias is None else table.bias.detach().float())
+
+
+class Tables:
+    """The members' fp32 item tables, and all of them side by side: a blend's catalog scores are one product,
+    ``[w_1 q_1, ..., w_M q_M] @ [V_1, ..., V_M]^T + sum_m w_m b_m``. A weight vector with one model alone uses
+    that model's own table, so its ranks are bit-identical to the model's own evaluation."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.each = [_fp32(m.model.item_table()) for m in members]  # once: a tower is a pass over the catalog
+        self.joint = torch.cat([t.weight for t in self.each], 1)
+        self.biases = [t.bias for t in self.each]
+
+    def blend(self, queries: list[torch.Tensor], w: np.ndarray) -> tuple[torch.Tensor, ItemTable]:
+        """The (R, D) query and the table whose product scores the blend ``w`` of ``queries``."""
+        active = np.flatnonzero(w > 0)
+        if len(active) == 1:
+            return queries[active[0]], self.each[active[0]]
+        query = torch.cat([float(wm) * q for wm, q in zip(w, queries, strict=True)], 1)
+        biased = [float(w[m]) * b for m, b in enumerate(self.biases) if b is not None and w[m] > 0]
+        return query, ItemTable(self.joint, torch.stack(biased).sum(0) if biased else None)
+
+
+def _full_ranks(query: torch.Tensor, table: ItemTable, history: Sequences, rows: np.ndarray, targets: torch.Tensor,
+                sub: torch.Tensor) -> torch.Tensor:
+    """Exact ranks of the rows ``sub`` over the whole catalog (the tiled path's fallback for ties at K)."""
+    scores = catalog_scores(query[sub], table)
+    mask_seen(scores, history, rows[sub.cpu().numpy()])
+    return ranks_from_scores(scores, targets[sub.cpu()])
+
+
 @torch.no_grad()
-def blended_ranks(members: list[Member], data: EvalSet, weights: np.ndarray) -> np.ndarray:
-    """(G, R) rank of each row's target under each weight vector (rows of ``weights``), seen items excluded."""
+def blended_ranks(members: list[Member], data: EvalSet, weights: np.ndarray, k: int) -> np.ndarray:
+    """(G, R) rank of each row's target under each weight vector (rows of ``weights``), seen items excluded;
+    exact up to ``k``, ``inf`` beyond it (no metric at a cut-off <= k tells those from misses)."""
     out = np.empty((len(weights), len(data.targets)))
-    w = torch.as_tensor(weights, dtype=torch.float32)
+    tables = Tables(members)
     for lo in range(0, len(data.targets), ROWS_PER_CHUNK):
         rows = np.arange(lo, min(lo + ROWS_PER_CHUNK, len(data.targets)))
-        logp = torch.stack([torch.log_softmax(score_histories(m.model, data.history, rows, exclude_seen=False)
-                                              .cpu(), dim=1) for m in members])  # (M, R, N + 1)
-        targets = torch.from_numpy(data.targets[rows])
-        for g in range(len(weights)):
-            active = w[g] > 0  # a zero weight must not turn the model's -inf padding into NaN
-            scores = torch.einsum("m,mrn->rn", w[g][active], logp[active])
-            mask_seen(scores, data.history, rows)
-            out[g, rows] = ranks_from_scores(scores, targets).numpy()
+        # users: a model with user features reads each row's user, as in its own evaluation
+        queries = [encode_rows(m.model, data.history, rows, data.users[rows]).float() for m in members]
+        targets = torch.from_numpy(data.targets[rows]).long()
+        seen_rows, seen_items = seen_pairs(data.history, rows)
+        for g, w in enumerate(weights):
+            query, table = tables.blend(queries, w)
+
+            exact = partial(_full_ranks, query, table, data.history, rows, targets)
+            _, ranks = top_and_ranks(query, table, targets, seen_rows, seen_items, k, exact)
+            out[g, rows] = ranks.cpu().numpy()
     return out
 
 
 def choose(members: list[Member], grid: np.ndarray, metric: str, ks: tuple[int, ...]) -> tuple[np.ndarray, list]:
     """The grid row with the best validation ``metric`` (ties: the first), and every row's figure."""
-    ranks = blended_ranks(members, eval_set(members, "valid"), grid)
+    data = eval_set(members, "valid")
+    if len(data.targets) == 0:
+        raise SeqrecError("the validation split is empty, so there is nothing to choose weights on; give --weights")
+    ranks = blended_ranks(members, data, grid, max(ks))
     scored = [(all_metrics(r, ks)[metric], w) for r, w in zip(ranks, grid, strict=True)]
     best = max(range(len(scored)), key=lambda i: scored[i][0])
     return grid[best], [{"weights": [round(float(x), 6) for x in w], metric: v} for v, w in scored]
@@ -117,27 +173,37 @@ def parse_weights(text: str, n_models: int) -> np.ndarray:
         raise SeqrecError(f"--weights: numbers separated by commas, got {text!r}") from None
     if len(w) != n_models:
         raise SeqrecError(f"--weights: {len(w)} numbers for {n_models} artifacts")
-    if (w < 0).any() or w.sum() <= 0:
-        raise SeqrecError("--weights: non-negative numbers, not all zero")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise SeqrecError(f"--weights: finite non-negative numbers, not all zero, got {text!r}")
     return w / w.sum()
+
+
+def parse_metric(text: str) -> tuple[str, int]:
+    """``NDCG@10`` -> (``NDCG@10``, 10): the name as the metrics spell it, and its cut-off."""
+    name, _, cut = text.partition("@")
+    if name not in ("HR", "NDCG", "MRR") or not (cut.isascii() and cut.isdigit()) or int(cut) < 1:
+        raise SeqrecError(f"--valid-metric: HR@K, NDCG@K or MRR@K, got {text!r}")
+    return f"{name}@{int(cut)}", int(cut)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ks = tuple(sorted(set(args.k)))
-    metric = args.valid_metric
-    name, _, cut = metric.partition("@")
-    if name not in ("HR", "NDCG", "MRR") or not cut.isdigit() or int(cut) < 1:
-        raise SeqrecError(f"--valid-metric: HR@K, NDCG@K or MRR@K, got {metric!r}")
+    metric, cut = parse_metric(args.valid_metric)
+    if args.out is not None and not args.out.parent.is_dir():
+        raise SeqrecError(f"--out {args.out}: its folder does not exist")
     members = load_members(list(args.artifacts))
+    n_items = len(members[0].rec.dataset.items) if members[0].rec.dataset is not None else 0
+    if max(ks) > n_items:
+        raise SeqrecError(f"K={max(ks)} is larger than the catalog ({n_items} items); choose a smaller --k")
     result: dict[str, Any] = {"artifacts": [str(m.path) for m in members],
                               "models": [m.rec.model_name for m in members]}
     if args.weights:
         weights = parse_weights(args.weights, len(members))
     else:
-        weights, tried = choose(members, weight_grid(len(members), args.step), metric, (*ks, int(cut)))
-        result.update({"chosen_on": "valid", "valid_metric": metric, "grid": tried})
+        weights, tried = choose(members, weight_grid(len(members), args.step), metric, (*ks, cut))
+        result.update({"chosen_on": "valid", "valid_metric": metric, "step": args.step, "grid": tried})
     result["weights"] = [round(float(x), 6) for x in weights]
-    ranks = blended_ranks(members, eval_set(members, args.on), weights[None, :])[0]
+    ranks = blended_ranks(members, eval_set(members, args.on), weights[None, :], max(ks))[0]
     result["on"] = args.on
     result["metrics"] = {k: v for k, v in all_metrics(ranks, ks).items() if not k.startswith("Recall")}
     return result
