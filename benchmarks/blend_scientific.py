@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def main() -> None:
     cmd = ["seqrec", "blend", str(args.work / "run-id"), str(args.work / "run-text"), "--out", str(blend_json)]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
     blend = json.loads(blend_json.read_text())
-    out = {"benchmark": "blend-scientific", "script": " ".join(["python", *sys.argv]),
+    out = {"benchmark": "blend-scientific", "script": shlex.join(["python", *sys.argv]),
            "protocol": "leave-one-out, full ranking over all items, seen items excluded; blend weights chosen "
                        "on the validation split, test evaluated once",
            "machine": machine.describe(), "threads": args.threads, "ran_beside": args.note,
