@@ -30,7 +30,7 @@ from seqrec.atomic import replace_text
 from seqrec.data.sequences import Sequences
 from seqrec.data.split import EvalSet
 from seqrec.errors import SeqrecError
-from seqrec.eval.evaluate import encode_rows, mask_seen, ranks_from_scores, seen_pairs
+from seqrec.eval.evaluate import check_cutoffs, encode_rows, mask_seen, ranks_from_scores, seen_pairs
 from seqrec.eval.metrics import all_metrics
 from seqrec.eval.tiled import top_and_ranks
 from seqrec.items.tower import ItemTable
@@ -102,17 +102,13 @@ def weight_grid(n_models: int, step: float) -> np.ndarray:
     return np.array([[*c, units - sum(c)] for c in rows], dtype=np.float64) / units
 
 
-def _fp32(table: ItemTable) -> ItemTable:
-    return ItemTable(table.weight.detach().float(), None if table.bias is None else table.bias.detach().float())
-
-
 class Tables:
     """The members' fp32 item tables, and all of them side by side: a blend's catalog scores are one product,
     ``[w_1 q_1, ..., w_M q_M] @ [V_1, ..., V_M]^T + sum_m w_m b_m``. A weight vector with one model alone uses
     that model's own table, so its ranks are bit-identical to the model's own evaluation."""
 
     def __init__(self, members: list[Member]) -> None:
-        self.each = [_fp32(m.model.item_table()) for m in members]  # once: a tower is a pass over the catalog
+        self.each = [m.model.item_table().fp32() for m in members]  # once: a tower is a pass over the catalog
         self.joint = torch.cat([t.weight for t in self.each], 1)
         self.biases = [t.bias for t in self.each]
 
@@ -148,7 +144,6 @@ def blended_ranks(members: list[Member], data: EvalSet, weights: np.ndarray, k: 
         seen_rows, seen_items = seen_pairs(data.history, rows)
         for g, w in enumerate(weights):
             query, table = tables.blend(queries, w)
-
             exact = partial(_full_ranks, query, table, data.history, rows, targets)
             _, ranks = top_and_ranks(query, table, targets, seen_rows, seen_items, k, exact)
             out[g, rows] = ranks.cpu().numpy()
@@ -193,8 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SeqrecError(f"--out {args.out}: its folder does not exist")
     members = load_members(list(args.artifacts))
     n_items = len(members[0].rec.dataset.items) if members[0].rec.dataset is not None else 0
-    if max(ks) > n_items:
-        raise SeqrecError(f"K={max(ks)} is larger than the catalog ({n_items} items); choose a smaller --k")
+    check_cutoffs(ks, n_items)
     result: dict[str, Any] = {"artifacts": [str(m.path) for m in members],
                               "models": [m.rec.model_name for m in members]}
     if args.weights:

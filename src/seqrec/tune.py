@@ -343,8 +343,6 @@ def best_trial(study: Any) -> Any | None:
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
-
-
 def write_results(study: Any, out: Path, fixed: RunConfig, storage_url: str) -> None:
     """trials.csv, trials.json and (once a trial has completed) best.toml."""
     rows = trial_rows(study)

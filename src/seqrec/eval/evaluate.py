@@ -42,6 +42,12 @@ class EvalConfig:
             raise SeqrecError(f"the cut-offs K must be positive integers, got {self.ks}")
 
 
+def check_cutoffs(ks: tuple[int, ...], n_items: int) -> None:
+    """A cut-off K above the catalog size is a one-line error."""
+    if max(ks) > n_items:
+        raise SeqrecError(f"K={max(ks)} is larger than the catalog ({n_items} items); choose a smaller --k")
+
+
 def seen_pairs(history: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch row, item) of every item in the given rows' histories."""
     seen = history.subset(rows)  # the rows' histories, concatenated
@@ -116,9 +122,7 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
     device = model.device
     table = model.item_table()  # once: for cosine or a feature/text tower it is a pass over the catalog
     n_items = int(table.weight.shape[0] - 1)
-    if max(cfg.ks) > n_items:
-        raise SeqrecError(f"K={max(cfg.ks)} is larger than the catalog ({n_items} items); "
-                          "choose a smaller --k")
+    check_cutoffs(cfg.ks, n_items)
     was_training = model.training
     model.eval()
     kmax = max(cfg.ks)
@@ -133,7 +137,7 @@ def evaluate(model: SequenceModel, data: EvalSet, config: EvalConfig | None = No
             all_ranks.append(_sampled_ranks(scores, targets, cfg, gen, item_counts))
     else:
         # fp32 once per evaluation (a bf16 table is copied here, not once per batch)
-        fp32 = ItemTable(table.weight.detach().float(), None if table.bias is None else table.bias.detach().float())
+        fp32 = table.fp32()
 
         def rank(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             targets = torch.from_numpy(data.targets[rows])

@@ -34,6 +34,10 @@ class ItemTable(NamedTuple):
     weight: torch.Tensor  # (N + 1, D)
     bias: torch.Tensor | None  # (N + 1,) or None
 
+    def fp32(self) -> ItemTable:
+        """A detached float32 copy (scoring many batches against a bf16 or trained table)."""
+        return ItemTable(self.weight.detach().float(), None if self.bias is None else self.bias.detach().float())
+
 
 class SparseItemTable(ItemTable):
     """An :class:`ItemTable` whose rows the scorer gathers from ``source`` with sparse gradients.
