@@ -50,6 +50,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "amazon-sports-s3rec": {"WEARec (paper)": {"NDCG@10": 0.0367, "HR@10": 0.0631},
                             "BSARec (paper)": {"NDCG@10": 0.0360}},
     "amazon-scientific-unisrec": {"VQ-Rec (its README)": {"NDCG@10": 0.0645, "HR@10": 0.1238}},
+    "amazon-beauty-bert4rec": {"SASRec + full CE (Klenitskiy & Vasilev)": {"NDCG@10": 0.0327, "HR@10": 0.0533},
+                               "BERT4Rec (Klenitskiy & Vasilev)": {"NDCG@10": 0.0187, "HR@10": 0.0338}},
 }
 
 

@@ -145,6 +145,17 @@ def test_artifacts_of_other_logs_are_refused(pair: list[Path], other_catalog: Pa
     assert "two or more artifacts" in capsys.readouterr().err
 
 
+def test_an_artifact_without_histories_is_refused_by_blend_and_evaluate(pair: list[Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rec = seqrec.Recommender.load(pair[1])
+    rec.info["histories"] = False  # as `seqrec train --pseudonymise-users` without --keep-histories records it
+    bare = rec.save(tmp_path / "bare")
+    for argv in (["blend", str(pair[0]), str(bare)], ["evaluate", str(bare)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{bare}: written without per-user histories" in err, err
+
+
 def test_a_model_with_user_features_is_scored_with_each_row_user(tiny_log: Path, tmp_path: Path) -> None:
     users = tmp_path / "users.csv"
     rng = np.random.default_rng(0)

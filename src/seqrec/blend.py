@@ -61,9 +61,6 @@ def load_members(paths: list[Path]) -> list[Member]:
         raise SeqrecError("blend needs two or more artifacts")
     members = [Member(p, Recommender.load(p)) for p in paths]
     first = members[0]
-    for m in members:
-        if m.rec.info.get("histories") is False:
-            raise SeqrecError(f"{m.path}: written without per-user histories, so there is nothing to evaluate on")
     assert first.rec.dataset is not None
     for m in members[1:]:
         assert m.rec.dataset is not None
@@ -76,7 +73,7 @@ def load_members(paths: list[Path]) -> list[Member]:
 
 def eval_set(members: list[Member], on: str) -> EvalSet:
     """The split ``on`` of the first member; every member's must hold the same targets."""
-    sets = [m.rec._eval_set(on) for m in members]
+    sets = [m.rec.eval_set(on) for m in members]
     for m, s in zip(members[1:], sets[1:], strict=True):
         same = (np.array_equal(s.targets, sets[0].targets) and np.array_equal(s.users, sets[0].users)
                 and np.array_equal(s.history.offsets, sets[0].history.offsets)

@@ -376,9 +376,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact)
     if args.data is not None:
         return _print_metrics(rec, args, _evaluate_other(rec, args), f"zero-shot on {args.data.name}")
-    if rec.info.get("histories") is False:
-        raise SeqrecError(f"{args.artifact}: written without per-user histories (pseudonymised users), so there is "
-                          "nothing to evaluate on; its test metrics are in info.json")
     metrics = rec.evaluate(on=args.on, ks=args.k, exclude_seen=not args.include_seen,
                            sampled=args.sampled, n_negatives=args.negatives)
     return _print_metrics(rec, args, metrics)

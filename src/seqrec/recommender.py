@@ -46,6 +46,7 @@ class Recommender:
         self.tower_inputs: TowerInputs | None = None  # item features/text (seqrec.items.features.prepare_tower)
         self.prepare_model: Callable[[SequenceModel], None] | None = None  # e.g. --init-from (items.transfer)
         self.user_inputs: UserInputs | None = None  # user features (seqrec.items.users.prepare_users)
+        self.path: Path | None = None  # the artifact it was loaded from, if any (named in errors)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, dataset: Dataset, split: Split | None = None, out_dir: str | Path | None = None,
@@ -85,7 +86,7 @@ class Recommender:
         """Full-ranking metrics on ``on`` (or, with ``sampled``, metrics against sampled negatives);
         ``ks`` and ``n_negatives`` default to :class:`EvalConfig`'s."""
         model, dataset = self._ready()
-        eval_set = self._eval_set(on) if isinstance(on, str) else on
+        eval_set = self.eval_set(on) if isinstance(on, str) else on
         split = self.split
         counts = np.bincount(split.train.items, minlength=dataset.n_items + 1) if split else None
         default = EvalConfig()
@@ -93,8 +94,13 @@ class Recommender:
                          sampled, n_negatives if n_negatives is not None else default.n_negatives)
         return evaluate(model, eval_set, cfg, counts)
 
-    def _eval_set(self, on: str) -> EvalSet:
+    def eval_set(self, on: str) -> EvalSet:
+        """The ``on`` split ('test' or 'valid'): its users' histories and targets."""
         _, dataset = self._ready()
+        if self.info.get("histories") is False:
+            where = f"{self.path}: " if self.path is not None else ""
+            raise SeqrecError(f"{where}written without per-user histories (pseudonymised users), so there is "
+                              "nothing to evaluate on; its test metrics are in info.json")
         if self.split is None:
             self.split = make_split(dataset, self.info.get("split", "leave-one-out"),
                                     self.info.get("valid_time"), self.info.get("test_time"))
@@ -167,6 +173,7 @@ class Recommender:
             raise ArtifactError(f"{path}: {exc}") from None
         rec = cls(art.model_name, config)
         rec.data_config = art.data_config
+        rec.path = Path(path)
         rec.model, rec.dataset, rec.info = art.model, art.dataset, art.info
         rec.model_params = {k: v for k, v in vars(art.model.config).items() if k != "n_items"}
         if device != "cpu":
