@@ -223,7 +223,8 @@ def test_positions_count_from_the_first_or_back_from_the_last_item() -> None:
 VARIANTS = [("sasrec", {"positions": "end"}), ("bert4rec", {"positions": "end"}), ("sasrec", {"original_norm": True}),
             ("sasrec", {"original_norm": True, "positions": "end"}), ("sasrec", {"lowpass": 0.5, "lowpass_window": 3}),
             ("sasrec", {"lowpass": 0.7, "lowpass_window": 4, "original_norm": True, "positions": "end"}),
-            ("sasrec", {"lowpass": 0.3, "lowpass_window": 2, "norm_first": False})]
+            ("sasrec", {"lowpass": 0.3, "lowpass_window": 2, "norm_first": False}),
+            ("bert4rec", {"scale_embeddings": False, "head": "none"})]
 
 
 @pytest.mark.parametrize(("name", "variant"), VARIANTS)
@@ -273,6 +274,31 @@ def test_lowpass_sasrec_trains_and_round_trips(markov, tmp_path) -> None:  # typ
     assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
     with pytest.raises(SeqrecError, match="lowpass"):
         create("sasrec", n_items=N_ITEMS, lowpass=1.5)
+
+
+def test_bert4rec_plain_embedding_sum_and_no_head_train_and_round_trip(markov, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    plain = create("bert4rec", n_items=N_ITEMS, max_len=L, dim=16, n_heads=2, scale_embeddings=False, head="none")
+    assert isinstance(plain.head, torch.nn.Identity)  # type: ignore[attr-defined]
+    assert not any(".head." in name or name.startswith("head.") for name, _ in plain.named_parameters())
+    items = _batch(pad=2)
+    captured: list[torch.Tensor] = []
+    plain.norm.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))  # type: ignore[union-attr,operator]
+    with torch.no_grad():  # no scaling: the embedding LayerNorm reads the item vector plus the position
+        plain.eval()(SequenceBatch(items))
+        want = plain.tower(items) + plain.pos_emb(item_positions(items, "start"))  # type: ignore[operator]
+    torch.testing.assert_close(captured[0], want)
+    data, split = markov
+    cfg = seqrec.TrainConfig(epochs=2, batch_size=64, lr=5e-3, seed=0)
+    rec = seqrec.Recommender("bert4rec", cfg, max_len=15, dim=16, scale_embeddings=False, head="none")
+    rec.fit(data, split, progress=False)
+    rec.save(tmp_path / "art")
+    loaded = seqrec.Recommender.load(tmp_path / "art")
+    assert loaded.model is not None and loaded.model.config.head == "none"
+    assert loaded.model.config.scale_embeddings is False
+    assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
+    with pytest.raises(SeqrecError, match="head"):
+        create("bert4rec", n_items=N_ITEMS, head="linear")
 
 
 def test_original_sasrec_norm_normalises_queries_only_and_adds_residuals_to_normalised_inputs() -> None:

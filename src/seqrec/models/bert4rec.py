@@ -15,11 +15,17 @@ from seqrec.models.layers import Block, TransformerConfig, attention_mask, item_
 from seqrec.models.sasrec import init_weights
 from seqrec.settings import setting
 
+HEADS = ("mlp", "none")
+
 
 @dataclass(frozen=True)
 class BERT4RecConfig(TransformerConfig):
     n_heads: int = setting(2, "attention heads (dim must be divisible by it)", low=1)
     norm_first: bool = setting(False, "layer norm before each sub-layer (pre-norm); off: after each residual sum")
+    scale_embeddings: bool = setting(True, "multiply item vectors by sqrt(dim) before the positions are added; "
+                                     "off: their plain sum, as in BERT4Rec's original code")
+    head: str = setting("mlp", "output transform before the item table: mlp (Linear, GELU, LayerNorm, as in "
+                        "BERT4Rec's original code) or none (the encoder's states themselves)", choices=HEADS)
 
 
 class BERT4RecModel(SequenceModel):
@@ -39,14 +45,16 @@ class BERT4RecModel(SequenceModel):
         self.blocks = nn.ModuleList(
             Block(c.dim, c.n_heads, c.ff_dim or 4 * c.dim, c.dropout, "pre" if c.norm_first else "post", "gelu")
             for _ in range(c.n_layers))
-        self.head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim))
+        self.head = (nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.LayerNorm(c.dim)) if c.head == "mlp"
+                     else nn.Identity())
         self.apply(init_weights)
         self.setup_similarity(c)
 
     def encode(self, x: torch.Tensor, items: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
         real = (items > 0).unsqueeze(-1)  # (B, L, 1)
         pos = self.pos_emb(item_positions(items, self.config.positions))
-        x = self.drop(self.norm(x * math.sqrt(self.config.dim) + pos)) * real  # (B, L, D)
+        scale = math.sqrt(self.config.dim) if self.config.scale_embeddings else 1.0
+        x = self.drop(self.norm(x * scale + pos)) * real  # (B, L, D)
         mask = attention_mask(items, causal=False)
         for block in self.blocks:
             x = block(x, mask) * real
