@@ -48,6 +48,7 @@ def parse() -> tuple[argparse.Namespace, RunFlags]:
     p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="the folder that holds the datasets")
     flags = add_run_flags(p, BASE, with_data=False, exclude=("train.max_seconds",))
     return p.parse_args(), flags
 
@@ -56,15 +57,15 @@ def main() -> int:
     args, flags = parse()
     try:
         base = replace(BASE, train=replace(BASE.train, max_seconds=args.max_minutes * 60),
-                       data=DataConfig(dataset=args.dataset, data_root=str(DATA_ROOT)))
+                       data=DataConfig(dataset=args.dataset, data_root=str(args.data_root)))
         run = run_config_from_args(args, flags, base)
-    except seqrec.SeqrecError as exc:
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        data = load_data(run.data)
+        split = split_data(run.data, data)
+    except seqrec.SeqrecError as exc:  # a bad flag or a missing dataset: one line
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    data = load_data(run.data)
-    split = split_data(run.data, data)
     cfg = run.train
     rec = seqrec.Recommender(run.model, cfg, **run.model_config)
 
