@@ -1,11 +1,13 @@
-"""Tune a model on a dataset with `seqrec tune`, then train the best run once and evaluate it once on test.
+"""Tune a model on a dataset with `seqrec tune`, then evaluate the best trial's model once on test.
 
     python benchmarks/tune.py --dataset amazon-beauty-s3rec --model sasrec --trials 40 --timeout 28800
 
-The search sees only the validation split. When it ends, the best trial's run (its best.toml) is
-trained again with the same seed, and only that model is evaluated on the test split, by full
-ranking over the whole catalog with seen items excluded. Flags this script does not know are passed
-to `seqrec tune` (fixed settings such as --max-len 50, or --space FILE, --pruner none, --device cuda).
+The search sees only the validation split. The best trial's model is kept (`seqrec tune --save-best`);
+when the search ends, only that model is evaluated on the test split, by full ranking over the whole
+catalog with seen items excluded. Where the study's best trial has no kept model (it completed in a call
+without --save-best), or with --retrain, its run (best.toml) is trained again with the same seed
+instead. Flags this script does not know are passed to `seqrec tune` (fixed settings such as
+--max-len 50, or --space FILE, --pruner none, --device cuda).
 The study (SQLite) lives in --study-dir/<dataset>-<model>[-<tag>]: running the same command again
 continues it. Results go to benchmarks/results/tune-<dataset>-<model>[-<tag>].json with the exact
 command, every trial, the best settings, validation and test metrics and the published numbers.
@@ -34,7 +36,7 @@ import machine  # benchmarks/machine.py
 import seqrec
 from seqrec.cli import main as seqrec_main
 from seqrec.runconfig import load_run_config, run_config_dict
-from seqrec.tune import read_data
+from seqrec.tune import BEST_MODEL, read_data, saved_trial
 
 ROOT = Path(__file__).resolve().parent
 DATA_ROOT = ROOT.parent.parent / "shared" / "data"
@@ -42,7 +44,7 @@ DATA_ROOT = ROOT.parent.parent / "shared" / "data"
 # runs (benchmarks/results/amazon-*-s3rec-sasrec-d256*.json): full CE, cosine decay after 100 warm-up
 # steps, early stopping; each trial capped in time so that one slow setting cannot eat the budget.
 FIXED = ("--loss", "ce", "--schedule", "cosine", "--warmup-steps", "100", "--epochs", "24", "--patience", "5",
-         "--max-seconds", "1500", "--device", "cpu")
+         "--max-seconds", "1500", "--device", "cpu", "--save-best")
 # Published full-ranking NDCG@10 / HR@10 on the same files (sources in benchmarks/README.md)
 PUBLISHED: dict[str, dict[str, Any]] = {
     "amazon-beauty-s3rec": {"WEARec (paper)": {"NDCG@10": 0.0614, "HR@10": 0.1041},
@@ -70,6 +72,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     p.add_argument("--retrain-only", action="store_true",
                    help="search no further: train the study's best run again and evaluate it on test")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the best run again even when its trial's model was kept")
     args, passed = p.parse_known_args()
     if args.data and not args.dataset:
         p.error("--data needs --dataset NAME: the name its study, result file and published numbers go under")
@@ -93,6 +97,20 @@ def retrain_and_test(best_toml: Path) -> dict[str, Any]:
             "history": result.history}
 
 
+def test_saved(model_dir: Path) -> dict[str, Any]:
+    """Evaluate the best trial's kept model once on test."""
+    rec = seqrec.Recommender.load(model_dir)
+    t0 = time.perf_counter()
+    test = rec.evaluate(ks=(5, 10, 20))
+    info = rec.info
+    return {"model_dir": str(model_dir), "trial": info["tune"]["trial"], "valid_best": info.get("best_valid"),
+            "best_epoch": info.get("best_epoch"), "epochs_run": len(info.get("history", [])),
+            "train_seconds": info.get("train_seconds"), "test_eval_seconds": time.perf_counter() - t0,
+            "n_parameters": info.get("n_parameters"),
+            "test": {k: v for k, v in test.items() if k.split("@")[0] in ("HR", "NDCG", "MRR", "coverage")},
+            "history": info.get("history")}
+
+
 def main() -> int:
     args, passed = parse()
     torch.set_num_threads(args.threads)
@@ -112,7 +130,8 @@ def main() -> int:
     if study["best"] is None:
         print("tune.py: no trial completed; nothing to train", file=sys.stderr)
         return 1
-    final = retrain_and_test(study_dir / "best.toml")
+    kept = saved_trial(study_dir) == study["best"]["trial"] and not (args.retrain or args.retrain_only)
+    final = test_saved(study_dir / BEST_MODEL) if kept else retrain_and_test(study_dir / "best.toml")
     states = [t["state"] for t in study["trials"]]
     out = {
         "dataset": args.dataset, "model": args.model, "tag": args.tag,
@@ -124,7 +143,8 @@ def main() -> int:
         "trials_total": len(states), "trials_by_state": {s: states.count(s) for s in sorted(set(states))},
         "tune_seconds_this_call": tune_seconds,
         "best": study["best"], f"best_{study['metric']}": study["best"]["value"],
-        "retrained": final, "test": final["test"],
+        "final_model": "the best trial's kept model" if kept else "the best run trained again with its seed",
+        ("kept" if kept else "retrained"): final, "test": final["test"],
         "published": PUBLISHED.get(args.dataset, {}),
         "trials": study["trials"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

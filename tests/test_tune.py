@@ -81,6 +81,26 @@ def test_tune_writes_a_best_config_that_train_accepts(tiny_log: Path, tmp_path: 
     assert "test_metrics" in info
 
 
+def test_save_best_keeps_the_best_trial_model_and_evaluate_tests_it(tiny_log: Path, tmp_path: Path, space: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from seqrec.recommender import Recommender
+
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "4", "--save-best")) == 0
+    printed = capsys.readouterr().out
+    rows = trials(out)
+    best = max(rows, key=lambda r: (r["value"], -r["trial"]))
+    assert sorted(r["value"] for r in rows) != [best["value"]] * 4  # the trials differ, so the choice matters
+    info = json.loads((out / "best-model" / "info.json").read_text())
+    assert info["tune"]["trial"] == best["trial"] and info["best_valid"] == pytest.approx(best["value"])
+    assert f"its model: {out / 'best-model'}" in printed
+    rec = Recommender.load(out / "best-model")
+    assert rec.config.lr == pytest.approx(best["train.lr"])
+    assert rec.evaluate(on="valid", ks=(10,))["NDCG@10"] == pytest.approx(best["value"])  # the trial's own model
+    assert main(["evaluate", str(out / "best-model")]) == 0
+    assert "NDCG@10" in capsys.readouterr().out
+
+
 def test_a_study_continues_where_it_stopped(tiny_log: Path, tmp_path: Path, space: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"

@@ -8,7 +8,9 @@ The study lives in SQLite (``OUT/study.db`` by default), so a run killed at any 
 where it was when started again with the same ``--study-name`` (a trial cut short by the kill is
 marked failed and tried again once). After every trial ``OUT/trials.csv``, ``OUT/trials.json`` and
 ``OUT/best.toml`` are rewritten; ``seqrec train --config OUT/best.toml`` trains the best run and only
-then evaluates it on the test split.
+then evaluates it on the test split. With ``--save-best`` the best trial's model itself is kept as an
+artifact (``OUT/best-model``, replaced whenever a later trial is better), so that
+``seqrec evaluate OUT/best-model`` gives its test metrics without training it again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ INSTALL = "pip install 'seqrec[tune]'"
 PRUNERS = ("median", "none")
 HEARTBEAT_SECONDS, GRACE_SECONDS = 20, 60  # a trial silent this long (its process killed) is failed
 FILES = ("best.toml", "trials.csv", "trials.json")
+BEST_MODEL = "best-model"  # with --save-best: the best trial's artifact
 LABELS = {"fixed": "fixed run", "space": "search space", "metric": "validation metric"}
 
 
@@ -103,6 +106,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     g.add_argument("--enqueue", action="append", default=[], metavar="RUN.toml|PATH=VALUE,...",
                    help="try these settings first (repeatable): a run file (best.toml, an artifact's config.toml) "
                    "or dotted settings such as model.dim=256,train.lr=0.001; only the searched ones are read")
+    g.add_argument("--save-best", action="store_true",
+                   help=f"keep the best trial's model as an artifact in OUT/{BEST_MODEL} (replaced whenever a later "
+                   f"trial is better; it holds the training histories); seqrec evaluate OUT/{BEST_MODEL} then tests "
+                   "it without training it again (default: off)")
     g.add_argument("--quiet", action="store_true", help="one line per trial instead of one per epoch")
     tracking.add_track_args(p)
     p.set_defaults(func=cmd_tune)
@@ -223,7 +230,26 @@ class Objective:
         trackers.finish({f"best_{self.metric}": result.best_metric})
         print(f"trial {trial.number}: {self.metric} {result.best_metric:.4f} at epoch {result.best_epoch} "
               f"({len(result.history)} epochs, {result.seconds:.0f} s)", flush=True)
+        if self.args.save_best:
+            self._save_if_best(trial, rec, run, values, result.best_metric)
         return result.best_metric
+
+    def _save_if_best(self, trial: Any, rec: Recommender, run: RunConfig, values: dict[str, Any],
+                      value: float) -> None:
+        """Keep this trial's model when it beats every completed trial (ties keep the earlier one)."""
+        best = best_trial(trial.study)
+        if best is not None and value <= best.value:
+            return
+        rec.data_config = run_config_dict(run)["data"]
+        rec.info["tune"] = {"study": self.study_name, "trial": trial.number, "params": values,
+                            f"best_{self.metric}": value}
+        try:
+            path = rec.save(self.out / BEST_MODEL)
+        except OSError as exc:  # the trial itself completed: the study goes on without its model
+            print(f"trial {trial.number}: note: its model could not be saved in {self.out / BEST_MODEL} "
+                  f"({exc.strerror or exc})", flush=True)
+            return
+        print(f"trial {trial.number}: the best so far; its model is saved in {path}", flush=True)
 
     def _trackers(self, number: int, run: RunConfig) -> tracking.Trackers:
         names = tracking.requested(self.args)
@@ -379,7 +405,23 @@ def print_summary(study: Any, out: Path, metric: str) -> None:
                   *[f"{r.get(n):.3g}" if isinstance(r.get(n), float) else r.get(n) for n in names]] for r in done]))
     print(f"\nbest: trial {best.number}, {metric} {best.value:.4f}: {short(best.params)}")
     print(f"written: {', '.join(str(out / f) for f in FILES)}")
+    kept = saved_trial(out)
+    if kept == best.number:
+        print(f"its model: {out / BEST_MODEL}; evaluate it on the test split: seqrec evaluate {out / BEST_MODEL}")
+        return
+    if kept is not None:
+        print(f"note: {out / BEST_MODEL} holds trial {kept}, not the best; it completed in a call without --save-best")
     print(f"train it and evaluate on the test split: seqrec train --config {out / 'best.toml'}")
+
+
+def saved_trial(out: Path) -> int | None:
+    """The trial whose model ``OUT/best-model`` holds, if it holds one."""
+    try:
+        info = json.loads((out / BEST_MODEL / "info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    trial = info.get("tune", {}).get("trial") if isinstance(info, dict) else None
+    return trial if isinstance(trial, int) else None
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
