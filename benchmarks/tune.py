@@ -36,7 +36,7 @@ import machine  # benchmarks/machine.py
 import seqrec
 from seqrec.cli import main as seqrec_main
 from seqrec.runconfig import load_run_config, run_config_dict
-from seqrec.tune import BEST_MODEL, read_data, saved_trial
+from seqrec.tune import BEST_MODEL, kept_model, read_data
 
 ROOT = Path(__file__).resolve().parent
 DATA_ROOT = ROOT.parent.parent / "shared" / "data"
@@ -130,7 +130,8 @@ def main() -> int:
     if study["best"] is None:
         print("tune.py: no trial completed; nothing to train", file=sys.stderr)
         return 1
-    kept = saved_trial(study_dir) == study["best"]["trial"] and not (args.retrain or args.retrain_only)
+    held = kept_model(study_dir, study["study"])
+    kept = held is not None and held[0] == study["best"]["trial"] and not (args.retrain or args.retrain_only)
     final = test_saved(study_dir / BEST_MODEL) if kept else retrain_and_test(study_dir / "best.toml")
     states = [t["state"] for t in study["trials"]]
     out = {

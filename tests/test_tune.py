@@ -89,8 +89,9 @@ def test_save_best_keeps_the_best_trial_model_and_evaluate_tests_it(tiny_log: Pa
     assert main(tune_args(tiny_log, out, space, "--trials", "4", "--save-best")) == 0
     printed = capsys.readouterr().out
     rows = trials(out)
-    best = max(rows, key=lambda r: (r["value"], -r["trial"]))
-    assert sorted(r["value"] for r in rows) != [best["value"]] * 4  # the trials differ, so the choice matters
+    done = [r for r in rows if r["state"] == "complete"]
+    best = max(done, key=lambda r: (r["value"], -r["trial"]))
+    assert len({r["value"] for r in done}) > 1  # the trials differ, so the choice matters
     info = json.loads((out / "best-model" / "info.json").read_text())
     assert info["tune"]["trial"] == best["trial"] and info["best_valid"] == pytest.approx(best["value"])
     assert f"its model: {out / 'best-model'}" in printed
@@ -99,6 +100,48 @@ def test_save_best_keeps_the_best_trial_model_and_evaluate_tests_it(tiny_log: Pa
     assert rec.evaluate(on="valid", ks=(10,))["NDCG@10"] == pytest.approx(best["value"])  # the trial's own model
     assert main(["evaluate", str(out / "best-model")]) == 0
     assert "NDCG@10" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_be_saved_leaves_its_trial_complete(tiny_log: Path, tmp_path: Path, space: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "best-model").write_text("a file where the artifact would go")
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best")) == 0
+    printed = capsys.readouterr().out
+    assert "trial 0: note: its model could not be saved" in printed
+    assert [r["state"] for r in trials(out)] == ["complete"] and (out / "best.toml").is_file()
+    assert "its model:" not in printed
+
+
+def test_a_kept_model_of_another_study_is_not_claimed(tiny_log: Path, tmp_path: Path, space: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "shared"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best", "--study-name", "a")) == 0
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--study-name", "b")) == 0
+    printed = capsys.readouterr().out.split("study 'b'")[-1]
+    assert "its model:" not in printed and "seqrec train --config" in printed
+    assert tune.kept_model(out, "a") is not None and tune.kept_model(out, "b") is None
+
+
+def test_a_study_recorded_before_a_setting_was_added_continues(tiny_log: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    space = tmp_path / "b4r.toml"
+    space.write_text("defaults = false\n[train.lr]\nlow = 1e-3\nhigh = 1e-2\n")
+    args = ["tune", "--data", str(tiny_log), "--model", "bert4rec", "--epochs", "1", "--dim", "8", "--n-layers", "1",
+            "--max-len", "10", "--quiet", "--space", str(space), "--out", str(out), "--study-name", "old"]
+    assert main([*args, "--trials", "1"]) == 0
+    study = optuna.load_study(study_name="old", storage=f"sqlite:///{out / 'study.db'}")
+    fixed = study.user_attrs["seqrec.fixed"]
+    assert fixed["model"].pop("head") == "mlp" and fixed["model"].pop("scale_embeddings") is True
+    study.set_user_attr("seqrec.fixed", fixed)  # as a seqrec without those settings recorded it
+    assert main([*args, "--trials", "1"]) == 0
+    assert "continuing study 'old': 1 trials so far" in capsys.readouterr().out
+    fixed["model"]["norm_first"] = True  # a real difference is still refused
+    study.set_user_attr("seqrec.fixed", fixed)
+    assert main([*args, "--trials", "1"]) == 2
+    assert "model.norm_first" in capsys.readouterr().err
 
 
 def test_a_study_continues_where_it_stopped(tiny_log: Path, tmp_path: Path, space: Path,

@@ -195,8 +195,10 @@ def _model_config(model_table: dict[str, Any]) -> tuple[str, Any]:
     if not isinstance(name, str) or name not in MODELS:
         fail(f"unknown model {name!r} in config.toml; was it written by a newer seqrec?")
     missing_keys = [f.name for f in dataclasses.fields(MODELS[name][0])
-                    if f.name not in model_table and f.default is not None]
-    if missing_keys:  # an artifact holds its resolved config: a default would silently change the model
+                    if f.name not in model_table and f.default is not None and not f.metadata.get("added")]
+    # An artifact holds its resolved config: a default would silently change the model, except for a
+    # setting marked added, whose default is what artifacts written before it existed did.
+    if missing_keys:
         fail(f"config.toml [model] lacks {', '.join(missing_keys)}; retrain or restore it")
     return name, from_dict(MODELS[name][0], model_table, "config.toml [model]")
 

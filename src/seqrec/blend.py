@@ -60,6 +60,8 @@ def load_members(paths: list[Path]) -> list[Member]:
     if len(paths) < 2:
         raise SeqrecError("blend needs two or more artifacts")
     members = [Member(p, Recommender.load(p)) for p in paths]
+    for m in members:
+        m.rec.require_histories()  # before comparing users: such an artifact holds none
     first = members[0]
     assert first.rec.dataset is not None
     for m in members[1:]:

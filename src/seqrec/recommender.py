@@ -94,13 +94,17 @@ class Recommender:
                          sampled, n_negatives if n_negatives is not None else default.n_negatives)
         return evaluate(model, eval_set, cfg, counts)
 
-    def eval_set(self, on: str) -> EvalSet:
-        """The ``on`` split ('test' or 'valid'): its users' histories and targets."""
-        _, dataset = self._ready()
+    def require_histories(self) -> None:
+        """Refuse an artifact written without per-user histories: there is nothing to evaluate on."""
         if self.info.get("histories") is False:
             where = f"{self.path}: " if self.path is not None else ""
             raise SeqrecError(f"{where}written without per-user histories (pseudonymised users), so there is "
                               "nothing to evaluate on; its test metrics are in info.json")
+
+    def eval_set(self, on: str) -> EvalSet:
+        """The ``on`` split ('test' or 'valid'): its users' histories and targets."""
+        _, dataset = self._ready()
+        self.require_histories()
         if self.split is None:
             self.split = make_split(dataset, self.info.get("split", "leave-one-out"),
                                     self.info.get("valid_time"), self.info.get("test_time"))

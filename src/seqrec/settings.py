@@ -28,17 +28,19 @@ Check = Callable[[str, Any], None]  # (name, value) -> None, raises SeqrecError 
 
 def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None, low: float | None = None,
             flag: str | None = None, *, above: float | None = None, high: float | None = None,
-            check: Check | None = None, parse: Callable[[str], Any] | None = None) -> Any:
+            check: Check | None = None, parse: Callable[[str], Any] | None = None, added: bool = False) -> Any:
     """A dataclass field with its help text and validation.
 
     ``choices`` restricts the value; ``low`` / ``above`` bound a number from below (inclusive /
     exclusive), ``high`` from above (inclusive); None values pass the bounds. ``check(name, value)``
     is any other test. ``flag`` renames the command-line flag (``"negatives"`` gives
     ``--negatives``); for a switch, ``"on/off"`` names both spellings (default ``--x/--no-x``).
-    ``parse`` turns the flag's text into the value (default: by the field's type).
+    ``parse`` turns the flag's text into the value (default: by the field's type). ``added`` marks a
+    model setting introduced after artifacts without it were written, whose default is what those
+    artifacts did: an artifact that lacks it loads with the default.
     """
     meta = {"help": help, "choices": choices, "low": low, "flag": flag, "above": above, "high": high,
-            "check": check, "parse": parse}
+            "check": check, "parse": parse, "added": added}
     return field(default=default, metadata=meta)
 
 

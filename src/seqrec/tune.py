@@ -22,7 +22,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from seqrec.data.preprocess import Dataset
 from seqrec.data.split import Split
 from seqrec.errors import SeqrecError
 from seqrec.items.features import TowerInputs, prepare_tower
+from seqrec.models.registry import MODELS
 from seqrec.recommender import Recommender
 from seqrec.report import table
 from seqrec.runconfig import RunConfig, run_config_dict, size_keys
@@ -236,18 +237,22 @@ class Objective:
 
     def _save_if_best(self, trial: Any, rec: Recommender, run: RunConfig, values: dict[str, Any],
                       value: float) -> None:
-        """Keep this trial's model when it beats every completed trial (ties keep the earlier one)."""
+        """Keep this trial's model when it beats every completed trial of the study and the model kept
+        already (ties keep the earlier one). Meant for one worker per study: two processes sharing a
+        study may each judge their trial the best at the same moment."""
         best = best_trial(trial.study)
-        if best is not None and value <= best.value:
+        kept = kept_model(self.out, self.study_name)
+        if (best is not None and value <= best.value) or (kept is not None and value <= kept[1]):
             return
         rec.data_config = run_config_dict(run)["data"]
-        rec.info["tune"] = {"study": self.study_name, "trial": trial.number, "params": values,
-                            f"best_{self.metric}": value}
+        rec.info["tune"] = {"study": self.study_name, "trial": trial.number, "params": values, "value": value,
+                            "metric": self.metric}
         try:
             path = rec.save(self.out / BEST_MODEL)
-        except OSError as exc:  # the trial itself completed: the study goes on without its model
-            print(f"trial {trial.number}: note: its model could not be saved in {self.out / BEST_MODEL} "
-                  f"({exc.strerror or exc})", flush=True)
+        except (OSError, SeqrecError) as exc:  # the trial itself completed: the study goes on without its model
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"trial {trial.number}: note: its model could not be saved in {self.out / BEST_MODEL} ({why})",
+                  flush=True)
             return
         print(f"trial {trial.number}: the best so far; its model is saved in {path}", flush=True)
 
@@ -301,12 +306,25 @@ def open_study(args: argparse.Namespace, name: str, storage_url: str, fixed: Run
             study.set_user_attr(f"seqrec.{key}", value)
         return study
     for key, value in settings.items():
-        if study.user_attrs.get(f"seqrec.{key}") != value:
+        recorded = study.user_attrs.get(f"seqrec.{key}")
+        if key == "fixed":
+            recorded = with_added_defaults(recorded)
+        if recorded != value:
             raise SeqrecError(f"study {name!r} in {storage_url} was made with another {LABELS[key]} (" + differing(
-                study.user_attrs.get(f"seqrec.{key}"), value) + "); give the same settings to continue it, or "
-                "another --study-name")
+                recorded, value) + "); give the same settings to continue it, or another --study-name")
     print(f"continuing study {name!r}: {done} trials so far", flush=True)
     return study
+
+
+def with_added_defaults(fixed: Any) -> Any:
+    """A recorded fixed run with the model settings added since it was recorded (``setting(added=True)``)
+    at their defaults, which is what the run had then."""
+    model = fixed.get("model") if isinstance(fixed, dict) else None
+    if not isinstance(model, dict) or model.get("name") not in MODELS:
+        return fixed
+    missing = {f.name: _jsonable(f.default) for f in fields(MODELS[model["name"]][0])
+               if f.metadata.get("added") and f.name not in model}
+    return {**fixed, "model": {**model, **missing}} if missing else fixed
 
 
 def enqueued(text: str, params: Sequence[Param]) -> dict[str, Any]:
@@ -405,23 +423,28 @@ def print_summary(study: Any, out: Path, metric: str) -> None:
                   *[f"{r.get(n):.3g}" if isinstance(r.get(n), float) else r.get(n) for n in names]] for r in done]))
     print(f"\nbest: trial {best.number}, {metric} {best.value:.4f}: {short(best.params)}")
     print(f"written: {', '.join(str(out / f) for f in FILES)}")
-    kept = saved_trial(out)
-    if kept == best.number:
+    kept = kept_model(out, study.study_name)
+    if kept is not None and kept[0] == best.number:
         print(f"its model: {out / BEST_MODEL}; evaluate it on the test split: seqrec evaluate {out / BEST_MODEL}")
         return
     if kept is not None:
-        print(f"note: {out / BEST_MODEL} holds trial {kept}, not the best; it completed in a call without --save-best")
+        print(f"note: {out / BEST_MODEL} holds trial {kept[0]}, not the best trial {best.number}")
     print(f"train it and evaluate on the test split: seqrec train --config {out / 'best.toml'}")
 
 
-def saved_trial(out: Path) -> int | None:
-    """The trial whose model ``OUT/best-model`` holds, if it holds one."""
+def kept_model(out: Path, study_name: str) -> tuple[int, float] | None:
+    """(trial, validation value) of the model ``OUT/best-model`` keeps for study ``study_name``, if any."""
     try:
         info = json.loads((out / BEST_MODEL / "info.json").read_text())
     except (OSError, ValueError):
         return None
-    trial = info.get("tune", {}).get("trial") if isinstance(info, dict) else None
-    return trial if isinstance(trial, int) else None
+    tune = info.get("tune") if isinstance(info, dict) else None
+    if not isinstance(tune, dict) or tune.get("study") != study_name:
+        return None
+    trial, value = tune.get("trial"), tune.get("value")
+    if type(trial) is not int or not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return trial, float(value)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

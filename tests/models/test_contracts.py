@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 
 import seqrec
 from seqrec.data.batch import SequenceBatch, eval_inputs
 from seqrec.data.sequences import Sequences
 from seqrec.datasets.synthetic import markov_dataset
-from seqrec.errors import SeqrecError
+from seqrec.errors import ArtifactError, SeqrecError
 from seqrec.eval.evaluate import score_histories
 from seqrec.models.base import SequenceModel
 from seqrec.models.layers import Block, causal_window_mean, item_positions
@@ -299,6 +301,26 @@ def test_bert4rec_plain_embedding_sum_and_no_head_train_and_round_trip(markov, t
     assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
     with pytest.raises(SeqrecError, match="head"):
         create("bert4rec", n_items=N_ITEMS, head="linear")
+
+
+def test_a_bert4rec_artifact_written_before_the_added_settings_loads_as_it_was(  # type: ignore[no-untyped-def]
+        markov, tmp_path, rewrite_manifest) -> None:
+    data, split = markov
+    rec = seqrec.Recommender("bert4rec", seqrec.TrainConfig(epochs=1, seed=0), max_len=15, dim=16)
+    rec.fit(data, split, progress=False)
+    art = rec.save(tmp_path / "art")
+    config = tomllib.loads((art / "config.toml").read_text())
+    del config["model"]["scale_embeddings"], config["model"]["head"]  # as an older seqrec wrote it
+    (art / "config.toml").write_text(tomli_w.dumps(config))
+    rewrite_manifest(art)
+    loaded = seqrec.Recommender.load(art)
+    assert loaded.model is not None and loaded.model.config.scale_embeddings and loaded.model.config.head == "mlp"
+    assert loaded.evaluate(ks=(10,)) == rec.evaluate(ks=(10,))
+    del config["model"]["norm_first"]  # a setting that is not marked added is still required
+    (art / "config.toml").write_text(tomli_w.dumps(config))
+    rewrite_manifest(art)
+    with pytest.raises(ArtifactError, match="lacks norm_first"):
+        seqrec.Recommender.load(art)
 
 
 def test_original_sasrec_norm_normalises_queries_only_and_adds_residuals_to_normalised_inputs() -> None:

@@ -23,9 +23,10 @@ class BERT4RecConfig(TransformerConfig):
     n_heads: int = setting(2, "attention heads (dim must be divisible by it)", low=1)
     norm_first: bool = setting(False, "layer norm before each sub-layer (pre-norm); off: after each residual sum")
     scale_embeddings: bool = setting(True, "multiply item vectors by sqrt(dim) before the positions are added; "
-                                     "off: their plain sum, as in BERT4Rec's original code")
+                                     "off: their plain sum, as in BERT4Rec's original code", added=True)
     head: str = setting("mlp", "output transform before the item table: mlp (Linear, GELU, LayerNorm, as in "
-                        "BERT4Rec's original code) or none (the encoder's states themselves)", choices=HEADS)
+                        "BERT4Rec's original code) or none (the encoder's states themselves)", choices=HEADS,
+                        added=True)
 
 
 class BERT4RecModel(SequenceModel):
