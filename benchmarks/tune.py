@@ -81,34 +81,32 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     return args, passed
 
 
+def test_once(rec: seqrec.Recommender) -> dict[str, Any]:
+    """Evaluate a trained model once on test; its training figures come from its info."""
+    t0 = time.perf_counter()
+    test = rec.evaluate(ks=(5, 10, 20))
+    info = rec.info
+    return {"valid_best": info.get("best_valid"), "best_epoch": info.get("best_epoch"),
+            "epochs_run": len(info.get("history", [])), "train_seconds": info.get("train_seconds"),
+            "test_eval_seconds": time.perf_counter() - t0, "n_parameters": info.get("n_parameters"),
+            "test": {k: v for k, v in test.items() if k.split("@")[0] in ("HR", "NDCG", "MRR", "coverage")},
+            "history": info.get("history")}
+
+
 def retrain_and_test(best_toml: Path) -> dict[str, Any]:
     """Train the best run again (same seed, so the same model as its trial) and evaluate it once on test."""
     run = load_run_config(best_toml)
     trial_data = read_data(run)  # as each trial read it: the log, the split and the item tower's inputs
     rec = seqrec.Recommender(run.model, run.train, **run.model_config)
     rec.tower_inputs = trial_data.tower
-    result = rec.fit(trial_data.data, trial_data.split, progress=False)
-    t0 = time.perf_counter()
-    test = rec.evaluate(ks=(5, 10, 20))
-    return {"run_config": run_config_dict(run), "valid_best": result.best_metric, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "train_seconds": result.seconds,
-            "test_eval_seconds": time.perf_counter() - t0, "n_parameters": rec.info.get("n_parameters"),
-            "test": {k: v for k, v in test.items() if k.split("@")[0] in ("HR", "NDCG", "MRR", "coverage")},
-            "history": result.history}
+    rec.fit(trial_data.data, trial_data.split, progress=False)
+    return {"run_config": run_config_dict(run), **test_once(rec)}
 
 
 def test_saved(model_dir: Path) -> dict[str, Any]:
     """Evaluate the best trial's kept model once on test."""
     rec = seqrec.Recommender.load(model_dir)
-    t0 = time.perf_counter()
-    test = rec.evaluate(ks=(5, 10, 20))
-    info = rec.info
-    return {"model_dir": str(model_dir), "trial": info["tune"]["trial"], "valid_best": info.get("best_valid"),
-            "best_epoch": info.get("best_epoch"), "epochs_run": len(info.get("history", [])),
-            "train_seconds": info.get("train_seconds"), "test_eval_seconds": time.perf_counter() - t0,
-            "n_parameters": info.get("n_parameters"),
-            "test": {k: v for k, v in test.items() if k.split("@")[0] in ("HR", "NDCG", "MRR", "coverage")},
-            "history": info.get("history")}
+    return {"model_dir": str(model_dir), "trial": rec.info["tune"]["trial"], **test_once(rec)}
 
 
 def main() -> int:

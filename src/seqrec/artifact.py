@@ -32,7 +32,7 @@ from seqrec.errors import ArtifactError, SeqrecError
 from seqrec.items.features import TowerSpec, build_with_tower, tower_spec_of
 from seqrec.models.base import SequenceModel
 from seqrec.models.registry import MODELS, build_model
-from seqrec.settings import dump_toml, from_dict, to_dict
+from seqrec.settings import dump_toml, from_dict, to_dict, with_added
 
 FORMAT_VERSION = 2
 CONFIG_KEYS = ("format_version", "model", "train", "data")
@@ -194,11 +194,10 @@ def _model_config(model_table: dict[str, Any]) -> tuple[str, Any]:
     name = model_table.pop("name", None)
     if not isinstance(name, str) or name not in MODELS:
         fail(f"unknown model {name!r} in config.toml; was it written by a newer seqrec?")
+    model_table = with_added(MODELS[name][0], model_table)  # settings newer than the artifact: what it did
     missing_keys = [f.name for f in dataclasses.fields(MODELS[name][0])
-                    if f.name not in model_table and f.default is not None and not f.metadata.get("added")]
-    # An artifact holds its resolved config: a default would silently change the model, except for a
-    # setting marked added, whose default is what artifacts written before it existed did.
-    if missing_keys:
+                    if f.name not in model_table and f.default is not None]
+    if missing_keys:  # an artifact holds its resolved config: a default would silently change the model
         fail(f"config.toml [model] lacks {', '.join(missing_keys)}; retrain or restore it")
     return name, from_dict(MODELS[name][0], model_table, "config.toml [model]")
 

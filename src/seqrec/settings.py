@@ -44,6 +44,12 @@ def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None, low
     return field(default=default, metadata=meta)
 
 
+def with_added(cls: type, table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` (a config's settings by name) with every setting of ``cls`` marked ``added`` that it lacks
+    at its default: what a config written before that setting existed meant."""
+    return {**{f.name: f.default for f in fields(cls) if f.metadata.get("added") and f.name not in table}, **table}
+
+
 # ---- validation -------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from seqrec.models.registry import MODELS
 from seqrec.recommender import Recommender
 from seqrec.report import table
 from seqrec.runconfig import RunConfig, run_config_dict, size_keys
-from seqrec.settings import dump_toml, given, load_toml
+from seqrec.settings import dump_toml, given, load_toml, to_dict, with_added
 from seqrec.tune_space import Param, apply, build_space, check_space
 
 INSTALL = "pip install 'seqrec[tune]'"
@@ -244,7 +244,7 @@ class Objective:
         kept = kept_model(self.out, self.study_name)
         if (best is not None and value <= best.value) or (kept is not None and value <= kept[1]):
             return
-        rec.data_config = run_config_dict(run)["data"]
+        rec.data_config = to_dict(run.data)  # as `seqrec train` records it
         rec.info["tune"] = {"study": self.study_name, "trial": trial.number, "params": values, "value": value,
                             "metric": self.metric}
         try:
@@ -322,9 +322,7 @@ def with_added_defaults(fixed: Any) -> Any:
     model = fixed.get("model") if isinstance(fixed, dict) else None
     if not isinstance(model, dict) or model.get("name") not in MODELS:
         return fixed
-    missing = {f.name: _jsonable(f.default) for f in fields(MODELS[model["name"]][0])
-               if f.metadata.get("added") and f.name not in model}
-    return {**fixed, "model": {**model, **missing}} if missing else fixed
+    return {**fixed, "model": _jsonable(with_added(MODELS[model["name"]][0], model))}
 
 
 def enqueued(text: str, params: Sequence[Param]) -> dict[str, Any]:
