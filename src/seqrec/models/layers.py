@@ -101,18 +101,23 @@ class LowPass(nn.Module):
     future and the amount of left padding changes the result; this branch keeps both contracts by
     taking the low frequencies as the mean of the last ``window`` real inputs. As in BSARec, the
     high frequencies (input minus that mean) are added back with a learned non-negative weight
-    per dimension: ``low + beta**2 * (x - low)``.
+    per dimension: ``low + beta**2 * (x - low)``. ``weight`` (a) is this branch's share of the
+    token-mixing sub-layer: :meth:`mix` returns ``(1 - a) attention + a branch``.
     """
 
-    def __init__(self, dim: int, window: int, dropout: float) -> None:
+    def __init__(self, dim: int, window: int, dropout: float, weight: float) -> None:
         super().__init__()
-        self.window = window
+        self.window, self.weight = window, weight
         self.beta = nn.Parameter(torch.randn(1, 1, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         low = causal_window_mean(x, real, self.window)
         return self.drop(low + self.beta.square() * (x - low))
+
+    def mix(self, attended: torch.Tensor, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``attended`` (the attention of ``x``) mixed with this branch of ``x``."""
+        return (1 - self.weight) * attended + self.weight * self(x, real)
 
 
 class Block(nn.Module):
@@ -139,8 +144,7 @@ class Block(nn.Module):
                                 nn.Dropout(dropout), nn.Linear(ff_dim, dim))
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
-        self.lowpass_weight = lowpass
-        self.lowpass = LowPass(dim, lowpass_window, dropout) if lowpass > 0 else None
+        self.lowpass = LowPass(dim, lowpass_window, dropout, lowpass) if lowpass > 0 else None
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of queries from ``x`` over keys and values from ``kv`` (default: ``x``)."""
@@ -164,8 +168,7 @@ class Block(nn.Module):
             return attended
         if real is None:
             raise ValueError("a block with a low-pass branch needs the real-position mask")
-        a = self.lowpass_weight
-        return (1 - a) * attended + a * self.lowpass(q, real)
+        return self.lowpass.mix(attended, q, real)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """``real`` (B, L, 1) marks real positions; only the low-pass branch needs it."""
