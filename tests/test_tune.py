@@ -326,6 +326,14 @@ def test_bad_arguments_exit_2_with_one_line(tiny_log: Path, tmp_path: Path, caps
     assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_unreadable_data_is_one_line_and_leaves_no_study(tiny_log: Path, tmp_path: Path, space: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(tune_args(tmp_path / "missing.csv", tmp_path / "study", space, "--trials", "1")) == 2
+    err = capsys.readouterr().err
+    assert "missing.csv: no such file" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "study").exists()  # no study.db half-made for a run that never started
+
+
 def test_without_optuna_tune_names_the_install(tiny_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError

@@ -456,6 +456,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_space(fixed, params)
     queued = [enqueued(text, params) for text in args.enqueue]
     name = args.study_name or f"{fixed.data.name}-{fixed.model}"
+    trial_data = read_data(fixed)  # before the study folder exists: unreadable data leaves nothing behind
     out: Path = args.out or Path("tune") / name
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -467,7 +468,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     study = open_study(args, name, storage_url, fixed, params)
     for values in queued:
         study.enqueue_trial(values, skip_if_exists=True)
-    trial_data = read_data(fixed)
     objective = Objective(fixed, params, trial_data, args, name, out)
     callback: Callable[[Any, Any], None] = lambda s, _t: write_results(s, out, fixed, storage_url)  # noqa: E731
     t0 = time.perf_counter()
