@@ -14,7 +14,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,12 +126,23 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Replace the file ``path`` whole with ``text`` (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def replace_file(path: Path, write: Callable[[Path], object], name: str | None = None) -> None:
+    """Write the file ``path`` whole: ``write`` fills a temporary file beside it (same suffix, so writers
+    that go by the extension still can), which is then renamed into place. A reader never sees half a
+    file, and a failed write leaves the old file as it was; it is one line naming ``name`` (default: the
+    path)."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise SeqrecError(f"{path}: cannot write ({exc.strerror})") from None
+        raise SeqrecError(f"{name or path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace the file ``path`` whole with ``text`` (a reader never sees half a file)."""
+    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

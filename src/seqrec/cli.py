@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, NoReturn, cast
 import pandas as pd
 
 from seqrec import __version__, tracking
+from seqrec.atomic import replace_file
 from seqrec.blend import add_parser as add_blend_parser
 from seqrec.data.config import DataConfig, split_data
 from seqrec.data.preprocess import Dataset
@@ -461,15 +462,13 @@ def _recommend_history(rec: Recommender, text: str, k: int, exclude_seen: bool) 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
     """Write recommendations by the file's extension: .parquet, .csv or .json (records)."""
     suffix = path.suffix.lower()
-    writers = {".parquet": lambda: frame.to_parquet(path, index=False),
-               ".csv": lambda: frame.to_csv(path, index=False),
-               ".json": lambda: frame.to_json(path, orient="records", indent=2)}
+    writers: dict[str, Callable[[Path], object]] = {
+        ".parquet": lambda tmp: frame.to_parquet(tmp, index=False),
+        ".csv": lambda tmp: frame.to_csv(tmp, index=False),
+        ".json": lambda tmp: frame.to_json(tmp, orient="records", indent=2)}
     if suffix not in writers:
         raise SeqrecError(f"--out {path}: write .parquet, .csv or .json")
-    try:
-        writers[suffix]()
-    except OSError as exc:
-        raise SeqrecError(f"--out {path}: cannot write ({exc.strerror})") from None
+    replace_file(path, writers[suffix], f"--out {path}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

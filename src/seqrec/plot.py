@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqrec.atomic import replace_file
 from seqrec.errors import ArtifactError, SeqrecError
 
 
@@ -36,6 +37,8 @@ def plot_history(run: Path, output: Path | None = None) -> Path:
     ax_metric.legend()
     fig.tight_layout()
     out = output or run / "curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        replace_file(out, lambda tmp: fig.savefig(tmp, dpi=100), f"--out {out}" if output else None)
+    finally:
+        plt.close(fig)
     return out

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from seqrec.atomic import replace_file
 from seqrec.errors import SeqrecError
 from seqrec.report import table
 
@@ -292,9 +293,7 @@ def plot_compare(runs: Sequence[Run], output: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     try:
-        fig.savefig(output, dpi=100)
-    except OSError as exc:
-        raise SeqrecError(f"--plot {output}: cannot write ({exc.strerror or exc})") from None
+        replace_file(output, lambda tmp: fig.savefig(tmp, dpi=100), f"--plot {output}")
     finally:
         plt.close(fig)
     return output

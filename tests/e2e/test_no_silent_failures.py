@@ -7,6 +7,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -153,3 +154,37 @@ def test_recommend_for_a_file_of_users_into_parquet(capsys: pytest.CaptureFixtur
     frame = pd.read_parquet(out)
     assert code == 0 and "1 of 4 users are unknown" in err
     assert sorted(frame["user_id"].unique()) == ["u1", "u2", "u3"] and len(frame) == 9
+
+
+def test_an_unknown_numeric_id_is_named_as_given() -> None:
+    from seqrec.data.ids import IdMap
+    from seqrec.errors import UnknownIdError
+
+    with pytest.raises(UnknownIdError, match=r"^unknown user 999: it was not"):  # not np.int64(999)
+        IdMap(np.array([1, 2, 3], dtype=np.int64)).to_internal([2, 999], kind="user")
+
+
+def test_an_output_that_cannot_be_written_is_one_line(capsys: pytest.CaptureFixture[str], trained_artifact: Path,
+                                                      tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    line = one_error(capsys, ["recommend", str(trained_artifact), "--user", "u1", "--out", str(missing / "r.json")])
+    assert f"--out {missing / 'r.json'}: cannot write" in line
+    pytest.importorskip("matplotlib")
+    line = one_error(capsys, ["plot", str(trained_artifact), "--out", str(missing / "c.png")])
+    assert f"--out {missing / 'c.png'}: cannot write (No such file or directory)" in line
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(capsys: pytest.CaptureFixture[str], trained_artifact: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "recs.csv"
+    out.write_text("the previous recommendations\n")
+
+    def half_then_full(self: pd.DataFrame, path: Path, **_: object) -> None:
+        Path(path).write_text("user_id,item_id\nu1,")  # half a file, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full)
+    line = one_error(capsys, ["recommend", str(trained_artifact), "--user", "u1", "--out", str(out)])
+    assert "cannot write (No space left on device)" in line
+    assert out.read_text() == "the previous recommendations\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["recs.csv"]  # no temporary file left beside it

@@ -37,6 +37,7 @@ class IdMap:
         pos = self._index.get_indexer(values)
         if strict and (pos < 0).any():
             bad = values[pos < 0][0]
+            bad = bad.item() if isinstance(bad, np.generic) else bad  # 7, not np.int64(7)
             raise UnknownIdError(f"unknown {kind} {bad!r}: it was not in the training data")
         return np.where(pos < 0, -1, pos + self.offset).astype(np.int64)
 
