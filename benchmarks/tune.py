@@ -129,7 +129,9 @@ def main() -> int:
         print("tune.py: no trial completed; nothing to train", file=sys.stderr)
         return 1
     held = kept_model(study_dir, study["study"])
-    kept = held is not None and held[0] == study["best"]["trial"] and not (args.retrain or args.retrain_only)
+    # the kept model counts only as the best trial's own: the same number and the same value (a model saved by an
+    # earlier study of the same name, or by a trial cut off before it was recorded, has neither)
+    kept = (held == (study["best"]["trial"], study["best"]["value"])) and not (args.retrain or args.retrain_only)
     final = test_saved(study_dir / BEST_MODEL) if kept else retrain_and_test(study_dir / "best.toml")
     states = [t["state"] for t in study["trials"]]
     out = {

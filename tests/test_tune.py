@@ -124,6 +124,53 @@ def test_a_kept_model_of_another_study_is_not_claimed(tiny_log: Path, tmp_path: 
     assert tune.kept_model(out, "a") is not None and tune.kept_model(out, "b") is None
 
 
+def test_save_best_never_replaces_another_studys_model(tiny_log: Path, tmp_path: Path, space: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "shared"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best", "--study-name", "a")) == 0
+    kept = tune.kept_model(out, "a")
+    capsys.readouterr()
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best", "--study-name", "b")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "keeps the model of study 'a', not 'b'" in err and len(err.splitlines()) == 1, err
+    assert tune.kept_model(out, "a") == kept is not None  # untouched
+    assert len(trials(out)) == 1  # study b never started
+
+
+def test_a_model_of_a_deleted_study_of_the_same_name_is_not_its_best(tiny_log: Path, tmp_path: Path, space: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best", "--study-name", "s")) == 0
+    old = tune.kept_model(out, "s")
+    assert old is not None
+    (out / "study.db").unlink()  # a new study of the same name numbers its trials from 0 again
+    slow = tmp_path / "slow.toml"
+    slow.write_text(SPACE.replace("low = 1e-3\nhigh = 1e-2", "low = 1e-7\nhigh = 2e-7"))
+    assert main(tune_args(tiny_log, out, slow, "--trials", "1", "--save-best", "--study-name", "s")) == 0
+    printed = capsys.readouterr().out.split("study 's'")[-1]
+    (new,) = trials(out)
+    assert new["value"] != old[1]  # the searched learning rates differ, so do the values
+    assert tune.kept_model(out, "s") == (0, new["value"])  # the old model was replaced, not claimed
+    assert f"its model: {out / 'best-model'}" in printed
+
+
+def test_a_model_whose_trial_was_not_recorded_is_not_claimed(tiny_log: Path, tmp_path: Path, space: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "study"
+    assert main(tune_args(tiny_log, out, space, "--trials", "1", "--save-best", "--study-name", "s")) == 0
+    info_path = out / "best-model" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["tune"]["value"] = 0.99  # as if saved by a trial killed before Optuna recorded its value
+    info_path.write_text(json.dumps(info))
+    capsys.readouterr()
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
+    assert tune.kept_model(out, "s") == (0, 0.99) and tune.kept_trial(study, out) is None
+    tune.print_summary(study, out, "valid_NDCG@10")
+    printed = capsys.readouterr().out
+    assert "its model:" not in printed and "does not record as a completed trial" in printed
+    assert "seqrec train --config" in printed
+
+
 def test_a_study_recorded_before_a_setting_was_added_continues(tiny_log: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"

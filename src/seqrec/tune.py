@@ -241,8 +241,8 @@ class Objective:
         already (ties keep the earlier one). Meant for one worker per study: two processes sharing a
         study may each judge their trial the best at the same moment."""
         best = best_trial(trial.study)
-        kept = kept_model(self.out, self.study_name)
-        if (best is not None and value <= best.value) or (kept is not None and value <= kept[1]):
+        kept = kept_trial(trial.study, self.out)
+        if (best is not None and value <= best.value) or (kept is not None and value <= kept.value):
             return
         rec.data_config = to_dict(run.data)  # as `seqrec train` records it
         rec.info["tune"] = {"study": self.study_name, "trial": trial.number, "params": values, "value": value,
@@ -421,28 +421,67 @@ def print_summary(study: Any, out: Path, metric: str) -> None:
                   *[f"{r.get(n):.3g}" if isinstance(r.get(n), float) else r.get(n) for n in names]] for r in done]))
     print(f"\nbest: trial {best.number}, {metric} {best.value:.4f}: {short(best.params)}")
     print(f"written: {', '.join(str(out / f) for f in FILES)}")
-    kept = kept_model(out, study.study_name)
-    if kept is not None and kept[0] == best.number:
+    kept = kept_trial(study, out)
+    if kept is not None and kept.number == best.number:
         print(f"its model: {out / BEST_MODEL}; evaluate it on the test split: seqrec evaluate {out / BEST_MODEL}")
         return
     if kept is not None:
-        print(f"note: {out / BEST_MODEL} holds trial {kept[0]}, not the best trial {best.number}")
+        print(f"note: {out / BEST_MODEL} holds trial {kept.number}, not the best trial {best.number}")
+    elif kept_model(out, study.study_name) is not None:
+        print(f"note: {out / BEST_MODEL} holds a model this study does not record as a completed trial")
     print(f"train it and evaluate on the test split: seqrec train --config {out / 'best.toml'}")
 
 
-def kept_model(out: Path, study_name: str) -> tuple[int, float] | None:
-    """(trial, validation value) of the model ``OUT/best-model`` keeps for study ``study_name``, if any."""
+def _kept_info(out: Path) -> dict[str, Any] | None:
+    """The ``tune`` record of the model ``OUT/best-model`` keeps, if it keeps one."""
     try:
         info = json.loads((out / BEST_MODEL / "info.json").read_text())
     except (OSError, ValueError):
         return None
     tune = info.get("tune") if isinstance(info, dict) else None
-    if not isinstance(tune, dict) or tune.get("study") != study_name:
+    return tune if isinstance(tune, dict) and isinstance(tune.get("study"), str) else None
+
+
+def kept_study(out: Path) -> str | None:
+    """The study whose model ``OUT/best-model`` keeps, if it keeps one."""
+    tune = _kept_info(out)
+    return None if tune is None else str(tune["study"])
+
+
+def kept_model(out: Path, study_name: str) -> tuple[int, float] | None:
+    """(trial, validation value) of the model ``OUT/best-model`` keeps for study ``study_name``, if any.
+
+    What the model's info says; :func:`kept_trial` checks it against the study itself."""
+    tune = _kept_info(out)
+    if tune is None or tune["study"] != study_name:
         return None
     trial, value = tune.get("trial"), tune.get("value")
     if type(trial) is not int or not isinstance(value, int | float) or isinstance(value, bool):
         return None
     return trial, float(value)
+
+
+def kept_trial(study: Any, out: Path) -> Any | None:
+    """The completed trial of ``study`` whose model ``OUT/best-model`` keeps, or None.
+
+    The model counts only when the study records its trial as complete with the same value: a model
+    saved by a study since deleted (a new study of the same name numbers its trials afresh), or by a
+    trial cut off before Optuna recorded it, is not this study's and may be replaced."""
+    kept = kept_model(out, study.study_name)
+    if kept is None:
+        return None
+    for t in study.get_trials(deepcopy=False):
+        if t.number == kept[0]:
+            return t if t.state.name == "COMPLETE" and t.value == kept[1] else None
+    return None
+
+
+def check_kept_study(out: Path, name: str) -> None:
+    """``--save-best`` never replaces the model another study keeps in the same folder."""
+    other = kept_study(out)
+    if other is not None and other != name:
+        raise SeqrecError(f"--save-best: {out / BEST_MODEL} keeps the model of study {other!r}, not {name!r}; "
+                          "give another --out (or move that model away)")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -456,8 +495,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_space(fixed, params)
     queued = [enqueued(text, params) for text in args.enqueue]
     name = args.study_name or f"{fixed.data.name}-{fixed.model}"
-    trial_data = read_data(fixed)  # before the study folder exists: unreadable data leaves nothing behind
     out: Path = args.out or Path("tune") / name
+    if args.save_best:
+        check_kept_study(out, name)
+    trial_data = read_data(fixed)  # before the study folder exists: unreadable data leaves nothing behind
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
