@@ -36,6 +36,7 @@ from seqrec.data.preprocess import Dataset
 from seqrec.data.split import Split
 from seqrec.errors import SeqrecError
 from seqrec.items.features import TowerInputs, prepare_tower
+from seqrec.items.users import UserInputs, prepare_users
 from seqrec.models.registry import MODELS
 from seqrec.recommender import Recommender
 from seqrec.report import table
@@ -139,7 +140,8 @@ class TrialData:
 
     data: Dataset
     split: Split
-    tower: TowerInputs | None
+    tower: TowerInputs | None  # item features or text
+    users: UserInputs | None  # user features
 
 
 def read_data(run: RunConfig) -> TrialData:
@@ -147,8 +149,10 @@ def read_data(run: RunConfig) -> TrialData:
 
     data = load_data(run.data)
     tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
+    user_file = run.data.items.user_features
+    users = prepare_users(user_file, data.users) if user_file is not None else None
     print_dataset(data)
-    return TrialData(data, split_data(run.data, data), tower)
+    return TrialData(data, split_data(run.data, data), tower, users)
 
 
 # ---- one trial ----------------------------------------------------------------------------------
@@ -187,6 +191,7 @@ class Objective:
 
         rec = Recommender(run.model, run.train, **run.model_config)
         rec.tower_inputs = self.trial_data.tower
+        rec.user_inputs = self.trial_data.users
         if run.data.transfer.init_from is not None:
             rec.prepare_model = transfer_hook(run.model, run.data.transfer.init_from, run.data.transfer.freeze)
         return rec

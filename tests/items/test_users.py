@@ -157,6 +157,19 @@ def test_cli_train_evaluate_recommend_with_user_features(tmp_path: Path, data: D
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 6
 
 
+def test_tune_trains_its_trials_with_the_user_features(tmp_path: Path, data: Dataset) -> None:
+    pytest.importorskip("optuna")
+    space = tmp_path / "space.toml"
+    space.write_text("defaults = false\n[train.lr]\nlow = 1e-3\nhigh = 1e-2\n")
+    args = _train_args(tmp_path, data, "--user-features", str(write_users(tmp_path, data)))
+    args[0] = "tune"
+    out = args.index("--out")
+    args[out + 1] = str(tmp_path / "study")
+    assert main([*args, "--space", str(space), "--trials", "1", "--save-best"]) == 0
+    kept = seqrec.Recommender.load(tmp_path / "study" / "best-model")
+    assert kept.model is not None and user_tower_of(kept.model) is not None  # the features its config names
+
+
 def _train_args(tmp_path: Path, data: Dataset, *extra: str) -> list[str]:
     log = tmp_path / "log.csv"
     seqs = data.sequences
