@@ -312,6 +312,9 @@ def test_init_from_copies_the_encoder_and_freeze_keeps_it(tmp_path: Path, data: 
     lowpass = build_model("sasrec", make_config("sasrec", n_items=other.n_items, dim=16, max_len=10, lowpass=0.5))
     with pytest.raises(SeqrecError, match=r"holds blocks\.0\.lowpass\.beta, which this model does not have"):
         init_from(target.model, lowpass, where="--init-from x")  # the source's branch would be dropped
+    id_only = build_model("sasrec", make_config("sasrec", n_items=other.n_items, dim=16, max_len=10))
+    with pytest.raises(SeqrecError, match=r"holds tower\.text_proj\.weight, which this model does not have"):
+        init_from(id_only, src.model, where="--init-from x")  # the source's text projection would be dropped
     with pytest.raises(SeqrecError, match="a sasrec model, not gru4rec"):
         transfer_hook("gru4rec", str(tmp_path / "source"), "none")
 

@@ -43,10 +43,10 @@ def transferable(key: str) -> bool:
 def init_from(model: SequenceModel, source: SequenceModel, freeze: str = "none", where: str = "") -> list[str]:
     """Copy ``source``'s encoder and catalog-free tower weights into ``model``; returns the keys copied."""
     own, theirs = model.state_dict(), source.state_dict()
-    extra = [k for k in theirs if not k.startswith(("tower.", "user_tower.")) and k not in own]
-    if extra:  # a part of the source's encoder (an output transform, a low-pass branch) would be dropped
+    extra = [k for k in theirs if transferable(k) and k not in own]
+    if extra:  # a part of the source (an output transform, a low-pass branch, a text projection) would be dropped
         raise SeqrecError(f"{where}: holds {extra[0]}, which this model does not have; --init-from needs the same "
-                          "model settings (head, lowpass, ...)")
+                          "model settings (head, lowpass, item mode, ...)")
     copied = []
     for key, value in theirs.items():
         if not transferable(key) or key not in own:
