@@ -34,7 +34,7 @@ PUBLISHED = {"VQ-Rec (its README)": {"NDCG@10": 0.0645, "HR@10": 0.1238}}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=machine.threads, default=1)
     p.add_argument("--work", type=Path, default=Path("/tmp/seqrec-blend"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "blend-scientific.json")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 from pathlib import Path
 
@@ -25,3 +26,14 @@ def cpu() -> str:
     flags = set(fields.get("flags", "").split())
     isa = " ".join(f for f in _ISA_FLAGS if f in flags)
     return f"{fields.get('model name', 'unknown CPU')} [{isa}]"
+
+
+def threads(text: str) -> int:
+    """argparse type for --threads: a positive whole number (torch rejects 0 with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of threads, got {text!r}")
+    return value

@@ -194,7 +194,7 @@ def profile_steps(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="amazon-beauty-bert4rec")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=machine.threads, default=2)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--bf16", action="store_true", help="time the steps under bfloat16 autocast")

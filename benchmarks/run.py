@@ -46,7 +46,7 @@ def parse() -> tuple[argparse.Namespace, RunFlags]:
     p.add_argument("--dataset", default="amazon-beauty-bert4rec")
     p.add_argument("--tag", default="", help="suffix for the result file name")
     p.add_argument("--max-minutes", type=float, default=25.0, help="training time budget")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=machine.threads, default=2)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="the folder that holds the datasets")
     flags = add_run_flags(p, BASE, with_data=False, exclude=("train.max_seconds",))

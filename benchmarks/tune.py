@@ -66,7 +66,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--model", default="sasrec")
     p.add_argument("--trials", type=int, default=40, help="trials in this call (a continued study adds them)")
     p.add_argument("--timeout", type=float, help="start no trial after this many seconds")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=machine.threads, default=2)
     p.add_argument("--tag", default="", help="suffix for the study folder and the result file name")
     p.add_argument("--study-dir", type=Path, default=Path("runs/tune"), help="where the studies live")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")

@@ -46,7 +46,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--cap-minutes", type=float, default=30.0, help="wall-clock cap per tool run")
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"any of {', '.join(TOOLS)}")
     p.add_argument("--rounds", type=int, default=1, help="repeat, alternating the order each round")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=machine.threads, default=1)
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
                    help="OMP_WAIT_POLICY for every worker; 'default' leaves it unset (each library's own behaviour)")
     p.add_argument("--max-users", type=int, default=0, help="keep only the first N users (smoke tests)")
