@@ -96,9 +96,9 @@ def test_once(rec: seqrec.Recommender) -> dict[str, Any]:
 def retrain_and_test(best_toml: Path) -> dict[str, Any]:
     """Train the best run again (same seed, so the same model as its trial) and evaluate it once on test."""
     run = load_run_config(best_toml)
-    trial_data = read_data(run)  # as each trial read it: the log, the split and the item tower's inputs
+    trial_data = read_data(run)  # as each trial read it: the log, the split, the item and user features
     rec = seqrec.Recommender(run.model, run.train, **run.model_config)
-    rec.tower_inputs = trial_data.tower
+    rec.tower_inputs, rec.user_inputs = trial_data.tower, trial_data.users
     rec.fit(trial_data.data, trial_data.split, progress=False)
     return {"run_config": run_config_dict(run), **test_once(rec)}
 
