@@ -146,6 +146,29 @@ def test_bucketed_batches_give_the_same_loss_as_padded_ones(split: seqrec.Split)
     assert sorted(epoch_rows.tolist()) == list(range(fast.windows.shape[0]))
 
 
+@pytest.mark.parametrize("max_len", [4, 6, 9])
+def test_cloze_rows_hold_the_same_events_with_and_without_buckets(max_len: int) -> None:
+    """Each cloze row holds the row's most recent max_len events, whether or not a bucketed batch has
+    trimmed the padding its rows share (the longest row then fills the batch's first column)."""
+    from seqrec.data.batch import TrainBatches
+    from seqrec.data.sequences import Sequences
+    from seqrec.train.loop import cloze
+
+    seqs = Sequences.from_lists([[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]])
+    expected = {tuple(s[-max_len:]) for s in ([1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16])}
+    for bucket in (False, True):
+        batches = TrainBatches(seqs, max_len, 1, sliding=False, bucket=bucket)  # one row a batch: no shared padding
+        rows = set()
+        for batch in batches.epoch(torch.Generator().manual_seed(0)):
+            out = cloze(batch, Trainer._cloze_window(batch), 99, 0.0, torch.Generator(), max_len)
+            events = torch.where(out.items == 99, out.targets, out.items)[0]  # the masked item back in place
+            width = min(max_len, int((events > 0).sum())) if bucket else max_len  # trimmed, or all max_len
+            assert out.items.shape[1] == width
+            rows.add(tuple(events[events > 0].tolist()))
+            assert int((out.targets > 0).sum()) == 1 and out.targets[0, -1] > 0  # nothing drawn: the last item
+        assert rows == expected, (bucket, rows)
+
+
 def test_target_weighting_gives_every_target_the_same_weight() -> None:
     """Bucketed batches: a batch's mean loss is scaled by its targets over the mean so far, so a
     target weighs the same in a batch of 40 as in one of 4,000 (random batches' objective)."""

@@ -47,15 +47,17 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def cloze(batch: SequenceBatch, window: torch.Tensor, mask_token: int, prob: float,
-          gen: torch.Generator) -> SequenceBatch:
-    """Masked-item objective: mask random real items (always the last one with prob ``prob``)."""
-    items = window[:, 1:]  # (B, L) the most recent L events
+          gen: torch.Generator, max_len: int) -> SequenceBatch:
+    """Masked-item objective: mask random real items of each row's most recent ``max_len`` events
+    (``window``, every event of the row: the batch's inputs and its last target); a row the draw left
+    without a mask predicts its last item."""
+    items = window[:, -max_len:]  # (B, L) the most recent L events, all of them when the window is no longer
     real = items > 0
     masked = (torch.rand(items.shape, generator=gen) < prob) & real
     none = ~masked.any(1)
     masked[none, -1] = real[none, -1]  # every row predicts at least one item
     inputs = torch.where(masked, mask_token, items)
-    times = None if batch.times is None else torch.cat([batch.times, batch.times[:, -1:]], 1)[:, 1:]
+    times = None if batch.times is None else torch.cat([batch.times, batch.times[:, -1:]], 1)[:, -max_len:]
     return SequenceBatch(inputs, torch.where(masked, items, 0), times, batch.users)
 
 
@@ -318,7 +320,8 @@ class Trainer:
 
     def _step(self, batch: SequenceBatch, opt: torch.optim.Optimizer, gen: torch.Generator) -> float:
         if self.objective == "cloze" and self.model.mask_token is not None:
-            batch = cloze(batch, self._cloze_window(batch), self.model.mask_token, self.cfg.mask_prob, gen)
+            batch = cloze(batch, self._cloze_window(batch), self.model.mask_token, self.cfg.mask_prob, gen,
+                          int(self.model.config.max_len))
         assert batch.targets is not None
         targets = batch.targets.to(self.device)
         inputs = batch.inputs_on(self.device)  # items, times and user ids
@@ -350,7 +353,8 @@ class Trainer:
 
     @staticmethod
     def _cloze_window(batch: SequenceBatch) -> torch.Tensor:
-        """(B, L + 1) window whose last L entries are the most recent L events."""
+        """(B, W + 1) every event of each row: the W inputs and the last target. Bucketed batches trim
+        the padding every row shares, so a full row's first event may sit in the first column."""
         assert batch.targets is not None
         last = torch.where(batch.targets[:, -1] > 0, batch.targets[:, -1], batch.items[:, -1])
         return torch.cat([batch.items, last[:, None]], 1)
