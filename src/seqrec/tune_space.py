@@ -89,7 +89,7 @@ RECURRENT = {**_choice("model.dim", 32, 64, 128), **_choice("model.hidden", 64, 
 DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "sasrec": {**TRAINING, **ATTENTION},
     "hstu": {**TRAINING, **ATTENTION},
-    "bert4rec": {**TRAINING, **ATTENTION, **_rng("train.mask_prob", 0.1, 0.4)},
+    "bert4rec": {**TRAINING, **ATTENTION, **_rng("train.mask_prob", 0.1, 0.6)},  # 0.6: BERT4Rec's best on Beauty
     "gru4rec": {**TRAINING, **RECURRENT},
     "lstm": {**TRAINING, **RECURRENT},
 }
