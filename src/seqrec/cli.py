@@ -31,9 +31,8 @@ from seqrec.demo import DEMO_CONFIG
 from seqrec.errors import SeqrecError
 from seqrec.eval.evaluate import EvalConfig
 from seqrec.export import add_parser as add_export_parser
-from seqrec.items.features import prepare_tower
+from seqrec.items.features import prepare_inputs
 from seqrec.items.transfer import transfer_hook
-from seqrec.items.users import prepare_users
 from seqrec.models.layers import SIZES
 from seqrec.models.registry import MODELS, model_names
 from seqrec.prepare import add_parser as add_prepare_parser
@@ -319,9 +318,7 @@ def _train(args: argparse.Namespace, run: RunConfig, ranks: distributed.Ranks) -
     trackers = tracking.train_trackers(args, run_config_dict(run), out)
     ingest = privacy_commands.ingest_from(args, os.environ.get(ENV_PSEUDONYM_KEY))
     data, dropped = privacy_commands.load_training_data(run.data, ingest)
-    tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
-    user_file = run.data.items.user_features
-    users = prepare_users(user_file, data.users) if user_file is not None else None
+    tower, users = prepare_inputs(run.data.items, data.items, data.users)
     print_dataset(data)
     split = split_data(run.data, data)
     results: dict[str, dict[str, float]] = {}

@@ -35,8 +35,8 @@ from seqrec.data.config import DataConfig, load_data, split_data
 from seqrec.data.preprocess import Dataset
 from seqrec.data.split import Split
 from seqrec.errors import SeqrecError
-from seqrec.items.features import TowerInputs, prepare_tower
-from seqrec.items.users import UserInputs, prepare_users
+from seqrec.items.features import TowerInputs, prepare_inputs
+from seqrec.items.users import UserInputs
 from seqrec.models.registry import MODELS
 from seqrec.recommender import Recommender
 from seqrec.report import table
@@ -148,9 +148,7 @@ def read_data(run: RunConfig) -> TrialData:
     from seqrec.cli import print_dataset
 
     data = load_data(run.data)
-    tower = prepare_tower(run.data.items, data.items) if run.data.items.item_mode != "id" else None
-    user_file = run.data.items.user_features
-    users = prepare_users(user_file, data.users) if user_file is not None else None
+    tower, users = prepare_inputs(run.data.items, data.items, data.users)
     print_dataset(data)
     return TrialData(data, split_data(run.data, data), tower, users)
 

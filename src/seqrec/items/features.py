@@ -37,7 +37,7 @@ from seqrec.data.ids import IdMap
 from seqrec.errors import SeqrecError
 from seqrec.items.text import SentenceEncoder, TextEncoder, text_rows
 from seqrec.items.tower import ItemTable, ItemTower, TowerConfig
-from seqrec.items.users import UserSpec, attach_user_tower, user_tower_of
+from seqrec.items.users import UserInputs, UserSpec, attach_user_tower, prepare_users, user_tower_of
 from seqrec.settings import check_choice
 
 
@@ -312,3 +312,12 @@ def prepare_tower(config: ItemFeaturesConfig, items: IdMap, encoder: TextEncoder
     spec = TowerSpec(config.item_mode, config.combine, schema or FeatureSchema(), text_dim, encoder_name,
                      tuple(cols or ()))
     return TowerInputs(spec, features, text)
+
+
+def prepare_inputs(config: ItemFeaturesConfig, items: IdMap,
+                   users: IdMap) -> tuple[TowerInputs | None, UserInputs | None]:
+    """A log's model inputs besides its ids, read once: the item tower's (unless items are ids only) and
+    the user features' (when a file is named)."""
+    tower = prepare_tower(config, items) if config.item_mode != "id" else None
+    user_inputs = prepare_users(config.user_features, users) if config.user_features is not None else None
+    return tower, user_inputs
